@@ -1,0 +1,154 @@
+"""Seeded mock orders for the producer. Pure: no Kafka, no I/O beyond ``os.urandom`` for ids."""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import threading
+import time
+from datetime import datetime
+from typing import NamedTuple
+
+from pipeline.orders import Item, Order
+
+
+class Customer(NamedTuple):
+    """A pool customer; the same id always has the same name and email."""
+
+    customer_id: str
+    name: str
+    email: str
+
+
+class MenuItem(NamedTuple):
+    """A menu entry; ``price`` has 2 decimals."""
+
+    item_id: str
+    name: str
+    price: float
+
+
+_FIRST = ("Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas")
+_LAST = ("Okafor", "Lindqvist", "Moreau", "Nakamura", "Patel", "Quinn", "Rossi", "Silva", "Tanaka", "Weber")
+
+# Fixed, not seeded: a customer id always has the same name and email, across runs and seeds.
+CUSTOMERS: tuple[Customer, ...] = tuple(
+    Customer(
+        f"CUST-{n:05d}",
+        f"{_FIRST[(n - 1) % 10]} {_LAST[(n - 1) // 10]}",
+        f"{_FIRST[(n - 1) % 10].lower()}.{_LAST[(n - 1) // 10].lower()}{n}@example.com",
+    )
+    for n in range(1, 101)
+)
+
+MENU: tuple[MenuItem, ...] = tuple(
+    MenuItem(f"ITEM-{i:03d}", name, price)
+    for i, (name, price) in enumerate(
+        (
+            ("Margherita Pizza", 11.50),
+            ("Pepperoni Pizza", 13.25),
+            ("Cheeseburger", 9.99),
+            ("Veggie Burger", 10.49),
+            ("Chicken Caesar Salad", 8.75),
+            ("Pad Thai", 12.90),
+            ("Chicken Tikka Masala", 14.50),
+            ("Beef Pho", 11.95),
+            ("Salmon Nigiri (6 pcs)", 15.00),
+            ("California Roll", 7.80),
+            ("Falafel Wrap", 7.25),
+            ("Fish and Chips", 12.40),
+            ("Carbonara", 13.60),
+            ("Beef Burrito", 9.45),
+            ("Fish Tacos (3)", 10.20),
+            ("Miso Soup", 3.50),
+            ("French Fries", 3.99),
+            ("Garlic Bread", 4.25),
+            ("Tiramisu", 6.50),
+            ("Lemonade", 2.95),
+        ),
+        start=1,
+    )
+)
+
+# Every possible order line (menu item x quantity 1..3) built once: orders share these
+# immutable Items, which keeps next_order cheap at high producer rates.
+_LINES: tuple[tuple[Item, ...], ...] = tuple(
+    tuple(Item(m.item_id, m.name, q, m.price, round(m.price * q, 2)) for q in (1, 2, 3)) for m in MENU
+)
+
+
+class OrderGenerator:
+    """Deterministic order content: the same seed gives the same sequence of orders.
+
+    Only ``Random.random()`` is used, whose sequence Python guarantees per seed across versions.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        self._random = random.Random(seed).random
+
+    def next_order(self, order_id: str, created_at: datetime) -> Order:
+        """An order for a pool customer with 1-5 distinct menu items, quantity 1-3 each."""
+        r = self._random
+        customer = CUSTOMERS[int(r() * len(CUSTOMERS))]
+        picks = list(range(len(MENU)))
+        items = []
+        total = 0.0
+        for i in range(1 + int(r() * 5)):
+            # Partial Fisher-Yates: distinct items without rejection sampling.
+            j = i + int(r() * (len(picks) - i))
+            picks[i], picks[j] = picks[j], picks[i]
+            line = _LINES[picks[i]][int(r() * 3)]
+            items.append(line)
+            total += line.subtotal
+        return Order(
+            order_id=order_id,
+            customer_id=customer.customer_id,
+            customer_name=customer.name,
+            customer_email=customer.email,
+            items=tuple(items),
+            total_amount=round(total, 2),
+            status="pending",
+            created_at=created_at,
+        )
+
+
+_RAND_BITS = 74
+_RAND_MASK = (1 << _RAND_BITS) - 1
+_id_lock = threading.Lock()
+_last_ms = 0
+_last_rand = 0
+
+
+def _reset_after_fork() -> None:
+    # A forked child must not continue the parent's counter, or both would emit the same ids.
+    global _last_ms, _last_rand, _id_lock
+    _last_ms, _last_rand, _id_lock = 0, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def new_order_id() -> str:
+    """A globally unique, time-ordered order id: ``ORD-`` + a UUIDv7 (RFC 9562), 40 characters.
+
+    48-bit unix milliseconds + 74 bits from ``secrets`` (fresh each millisecond), so ids stay
+    unique across restarts and hosts. Within one process ids are strictly increasing: in the
+    same millisecond (or if the clock steps back) the random part is incremented (RFC 9562
+    "monotonic random"). Independent of any seeded RNG.
+    """
+    global _last_ms, _last_rand
+    now_ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        if now_ms > _last_ms:
+            ms, rand = now_ms, secrets.randbits(_RAND_BITS)
+        else:
+            ms, rand = _last_ms, _last_rand + 1
+            if rand > _RAND_MASK:  # counter exhausted: borrow the next millisecond
+                ms, rand = ms + 1, secrets.randbits(_RAND_BITS)
+        _last_ms, _last_rand = ms, rand
+    value = (
+        (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | (rand & (1 << 62) - 1)
+    )
+    h = f"{value:032x}"
+    return f"ORD-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
