@@ -1,0 +1,304 @@
+"""The consumer process: `python -m pipeline.consumer` (supervisord's `[program:consumer]`).
+
+Each batch goes through the same numbered steps, so offsets never run ahead of the database:
+  1. consume a batch (up to CONSUMER_BATCH_SIZE messages or CONSUMER_BATCH_TIMEOUT_MS)
+  2. decode + validate (pure)
+  3. write the valid orders in one PostgreSQL transaction
+  4. send invalid ones, conflicts and rows PostgreSQL refused to the DLQ, and wait for delivery
+  5. commit the batch's offsets
+A retryable failure in 3-5 keeps the batch, pauses the assignment (polling goes on, so the group
+membership holds), backs off and retries; nothing is committed meanwhile.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from loguru import logger
+
+from pipeline import faults
+from pipeline.batch import Batch, DeadLetter, decode_batch
+from pipeline.dlq import DeadLetterQueue
+from pipeline.errors import FatalError, RetryableError, SettingsError
+from pipeline.kafka_admin import ensure_topics
+from pipeline.logs import kafka_logger, setup_logging
+from pipeline.settings import Settings, load_settings
+from pipeline.store import OrderStore, WriteResult
+
+BACKOFF_START, BACKOFF_MAX = 0.5, 15.0
+STATS_EVERY = 10.0
+_BROKER_DOWN = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
+
+
+def consumer_config(settings: Settings, client_id: str) -> dict[str, str | int | bool]:
+    config: dict[str, str | int | bool] = {
+        **settings.kafka_common(),
+        "group.id": settings.consumer_group_id,
+        "client.id": client_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": settings.consumer_session_timeout_ms,
+        "heartbeat.interval.ms": max(1000, settings.consumer_session_timeout_ms // 5),
+    }
+    if settings.consumer_instance_id:
+        # Static membership: a restart within session.timeout.ms gets the same partitions, no rebalance.
+        config["group.instance.id"] = settings.consumer_instance_id
+    return config
+
+
+class OrderConsumer:
+    """One member of the consumer group writing orders to PostgreSQL."""
+
+    def __init__(self, settings: Settings, store: OrderStore, dlq: DeadLetterQueue, client_id: str) -> None:
+        self.settings = settings
+        self.store = store
+        self.dlq = dlq
+        self.client_id = client_id
+        self.kafka = Consumer(consumer_config(settings, client_id), logger=kafka_logger())
+        self.stopping = False
+        self.degraded = False  # a dependency is down: the assignment is paused
+        self.pending: Batch | None = None  # consumed, not yet fully processed
+        self.uncommitted: dict[tuple[str, int], int] = {}  # written + dead-lettered, commit pending
+        self.totals = {"batches": 0, "inserted": 0, "duplicates": 0, "dead": 0}
+        self._last_stats = time.monotonic()
+        self._last_broker_warning = 0.0
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.kafka.subscribe([self.settings.kafka_topic], on_assign=self._on_assign,
+                             on_revoke=self._on_revoke, on_lost=self._on_lost)
+        backoff = BACKOFF_START
+        while not self.stopping:
+            if self.pending is None:
+                self.pending = self._consume_batch()  # steps 1 + 2
+                if not len(self.pending):
+                    self.pending = None
+                    self._log_stats()
+                    continue
+            try:
+                self._process(self.pending)  # steps 3-5
+            except RetryableError as e:
+                self._degrade(e, backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            self.pending = None
+            backoff = BACKOFF_START
+            if self.degraded:
+                self._recover()
+            self._log_stats()
+        self._shutdown()
+
+    def _consume_batch(self) -> Batch:
+        messages = self.kafka.consume(self.settings.consumer_batch_size,
+                                      self.settings.consumer_batch_timeout_ms / 1000)
+        return decode_batch(self._without_errors(messages))
+
+    def _process(self, batch: Batch) -> None:
+        result = self._write(batch)  # 3
+        faults.point("after_db_commit")
+        self._dead_letter(batch, result)  # 4
+        faults.point("after_dlq")
+        self.uncommitted.update(batch.next_offsets)
+        self._commit()  # 5
+        self.totals["batches"] += 1
+        self.totals["inserted"] += result.inserted
+        self.totals["duplicates"] += result.duplicates
+        self.totals["dead"] += len(batch.dead) + len(result.rejected)
+
+    def _write(self, batch: Batch) -> WriteResult:
+        return self.store.write(batch.rows)
+
+    def _dead_letter(self, batch: Batch, result: WriteResult) -> None:
+        """Invalid messages plus rows the store refused, each with its original key and value bytes."""
+        originals = {(m.partition(), m.offset()): m for m in batch.messages} if result.rejected else {}
+        refused = []
+        for row, err in result.rejected:
+            msg = originals[(row.partition, row.offset)]
+            refused.append(DeadLetter(_bytes(msg.key()), _bytes(msg.value()), self.settings.kafka_topic,
+                                      row.partition, row.offset, err.code, err.detail))
+        self.dlq.send([*batch.dead, *refused])
+
+    def _commit(self) -> None:
+        if not self.uncommitted:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.uncommitted.items()]
+        try:
+            self.kafka.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            if err.code() == KafkaError.FENCED_INSTANCE_ID:
+                instance = self.settings.consumer_instance_id
+                raise FatalError(f"another process uses group.instance.id {instance}") from e
+            if err.code() in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
+                              KafkaError._NO_OFFSET):
+                # We no longer own these partitions; the new owner re-reads them and the DB dedupes.
+                logger.warning("commit refused ({}); partitions moved on, the new owner will redo them", err.str())
+                self.uncommitted.clear()
+                return
+            raise RetryableError(f"offset commit failed: {err.str()}") from e
+        logger.debug("committed {}", {f"{t}[{p}]": o for (t, p), o in self.uncommitted.items()})
+        self.uncommitted.clear()
+
+    # -- degraded mode: a dependency is down ---------------------------------------------------
+
+    def _degrade(self, error: RetryableError, backoff: float) -> None:
+        assignment = self.kafka.assignment()
+        if not self.degraded:
+            logger.warning("{}; pausing {} partition(s), keeping the batch of {}, retrying with backoff",
+                           error, len(assignment), len(self.pending or []))
+            self.degraded = True
+        else:
+            logger.info("still unavailable ({}); next retry in {:.1f}s", error, backoff)
+        self.kafka.pause(assignment)
+        self._poll_paused(backoff)
+
+    def _poll_paused(self, seconds: float) -> None:
+        """Keep polling while paused so the group membership holds; keep anything that still arrives."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            messages = self.kafka.consume(self.settings.consumer_batch_size,
+                                          min(0.5, max(0.0, deadline - time.monotonic())))
+            late = self._without_errors(messages)
+            if late and self.pending is not None:
+                self.pending = decode_batch([*self.pending.messages, *late])
+
+    def _recover(self) -> None:
+        self.degraded = False
+        assignment = self.kafka.assignment()
+        self.kafka.resume(assignment)
+        logger.info("dependency back; resumed {} partition(s)", len(assignment))
+
+    # -- rebalance callbacks (run inside consume()) --------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.incremental_assign(partitions)
+        if self.degraded:
+            consumer.pause(partitions)
+        logger.info("assigned {}", _names(partitions) or "nothing new")
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        done = {tp: o for tp, o in self.uncommitted.items() if tp in gone}
+        if done:
+            try:
+                consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in done.items()],
+                                asynchronous=False)
+                logger.info("committed {} before revocation", {f"{t}[{p}]": o for (t, p), o in done.items()})
+            except KafkaException as e:
+                logger.warning("commit before revocation failed ({}); the new owner redoes them", e)
+        self._forget(gone)
+        logger.info("revoked {}", _names(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget({(tp.topic, tp.partition) for tp in partitions})
+        logger.warning("lost {} (session timed out); the new owner redoes uncommitted work", _names(partitions))
+
+    def _forget(self, gone: set[tuple[str, int]]) -> None:
+        for tp in gone:
+            self.uncommitted.pop(tp, None)
+        if self.pending is not None:
+            self.pending = self.pending.without_partitions(gone)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _without_errors(self, messages: Sequence[Message[bytes, bytes]]) -> list[Message[bytes, bytes]]:
+        good = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.fatal():
+                raise FatalError(f"Kafka client fatal error: {err.str()}")
+            elif err.code() in _BROKER_DOWN:
+                now = time.monotonic()
+                if now - self._last_broker_warning > 10:
+                    logger.warning("Kafka broker unavailable ({}); the client keeps retrying", err.str())
+                    self._last_broker_warning = now
+            else:
+                logger.warning("consumer error: {}", err.str())
+        return good
+
+    def _log_stats(self) -> None:
+        now = time.monotonic()
+        if now - self._last_stats >= STATS_EVERY:
+            logger.info("batches {batches}, orders inserted {inserted}, redelivered {duplicates}, "
+                        "dead-lettered {dead}", **self.totals)
+            self._last_stats = now
+
+    def stop(self, signum: int, _frame: FrameType | None) -> None:
+        logger.info("{} received: finishing the current batch", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _shutdown(self) -> None:
+        if self.pending is not None and len(self.pending):
+            logger.warning("stopping with {} unwritten message(s); they stay uncommitted and are redelivered",
+                           len(self.pending))
+        try:
+            self._commit()
+        except (RetryableError, KafkaException) as e:
+            logger.warning("final commit failed ({}); the next owner redoes that work", e)
+        self.kafka.close()
+        self.dlq.close()
+        self.store.close()
+        logger.info("stopped: batches {batches}, inserted {inserted}, redelivered {duplicates}, "
+                    "dead-lettered {dead}", **self.totals)
+
+
+def _bytes(data: bytes | str | None) -> bytes | None:
+    return data.encode() if isinstance(data, str) else data
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+def wait_for_dependencies(settings: Settings, store: OrderStore, consumer: OrderConsumer) -> bool:
+    """Migrate the schema and make sure the topics exist, retrying while either is unavailable."""
+    backoff = BACKOFF_START
+    while not consumer.stopping:
+        try:
+            store.migrate()
+            ensure_topics(settings)
+            return True
+        except RetryableError as e:
+            logger.warning("{}; retrying in {:.1f}s", e, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+    return False
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as e:
+        print(f"consumer: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging("consumer", settings.log_level, settings.log_format)
+    client_id = settings.client_id()
+    store = OrderStore(settings.database_url, client_id)
+    consumer = OrderConsumer(settings, store, DeadLetterQueue(settings, client_id), client_id)
+    signal.signal(signal.SIGTERM, consumer.stop)
+    signal.signal(signal.SIGINT, consumer.stop)
+    logger.info("starting: client.id {}, group {}, instance {}, topic {}", client_id,
+                settings.consumer_group_id, settings.consumer_instance_id or "(dynamic)", settings.kafka_topic)
+    try:
+        if wait_for_dependencies(settings, store, consumer):
+            consumer.run()
+        else:
+            consumer.kafka.close()
+    except FatalError as e:
+        logger.error("fatal: {}", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Kafka administration the pipeline needs: topics (create, grow), and group/lag descriptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewPartitions, NewTopic
+from loguru import logger
+
+from pipeline.errors import FatalError, RetryableError
+from pipeline.settings import Settings, load_settings
+
+RETENTION_MS = str(7 * 24 * 3600 * 1000)
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({**settings.kafka_common(), "client.id": settings.client_id()})
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Create the orders topic and its DLQ if missing (idempotent; safe from many processes at once)."""
+    admin = admin_client(settings)
+    wanted = [
+        NewTopic(settings.kafka_topic, settings.kafka_partitions, settings.kafka_replication_factor,
+                 config={"retention.ms": RETENTION_MS}),
+        NewTopic(settings.kafka_dlq_topic, 1, settings.kafka_replication_factor,
+                 config={"retention.ms": RETENTION_MS}),
+    ]
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as e:
+        raise RetryableError(f"Kafka unavailable while checking topics: {e}") from e
+    missing = [t for t in wanted if t.topic not in existing]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            logger.info("created topic {}", name)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise FatalError(f"cannot create topic {name}: {e.args[0].str()}") from e
+
+
+def topic_partition_count(settings: Settings | None = None, topic: str | None = None) -> int | None:
+    """Partitions of the orders topic, or None when the topic does not exist or Kafka is down."""
+    settings = settings or load_settings()
+    topic = topic or settings.kafka_topic
+    try:
+        md = admin_client(settings).list_topics(topic, timeout=5)
+    except KafkaException:
+        return None
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None:
+        return None
+    return len(meta.partitions)
+
+
+def grow_partitions(settings: Settings, count: int, topic: str | None = None) -> int:
+    """Raise the partition count to `count`. Kafka cannot remove partitions: a decrease is refused."""
+    topic = topic or settings.kafka_topic
+    current = topic_partition_count(settings, topic)
+    if current is None:
+        raise FatalError(f"topic {topic} does not exist or Kafka is unreachable")
+    if count < current:
+        raise FatalError(
+            f"topic {topic} has {current} partitions; Kafka cannot remove partitions (the data in them "
+            "would be lost and key-to-partition mapping would break). Create a new topic instead."
+        )
+    if count == current:
+        return current
+    admin = admin_client(settings)
+    for future in admin.create_partitions([NewPartitions(topic, count)]).values():
+        future.result(30)
+    logger.info("topic {} grown from {} to {} partitions", topic, current, count)
+    return count
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    partition: int
+    committed: int | None
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return self.end - (self.committed or 0)
+
+
+def group_lag(settings: Settings, topic: str | None = None, group: str | None = None) -> list[PartitionLag]:
+    """Committed offset, log end offset and lag for each partition of the topic for the group."""
+    topic = topic or settings.kafka_topic
+    group = group or settings.consumer_group_id
+    count = topic_partition_count(settings, topic)
+    if count is None:
+        return []
+    probe = Consumer({**settings.kafka_common(), "group.id": group, "enable.auto.commit": False,
+                      "client.id": f"{settings.client_id()}-lag"})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(count)]
+        committed = probe.committed(parts, timeout=10)
+        result = []
+        for tp in committed:
+            _low, high = probe.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            result.append(PartitionLag(tp.partition, tp.offset if tp.offset >= 0 else None, high))
+        return result
+    finally:
+        probe.close()

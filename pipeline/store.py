@@ -1,0 +1,250 @@
+"""PostgreSQL adapter: migrations and the batch writer.
+
+One call to `OrderStore.write` is one transaction: COPY the batch into a temp staging table, insert
+what is new (`ON CONFLICT (order_id) DO NOTHING`), add only the inserted rows to `customer_stats`,
+and report orders whose id is already stored with different content (conflicts). A row PostgreSQL
+itself refuses is isolated by bisecting the batch under savepoints, so the rest is still written.
+Driver errors are translated here by SQLSTATE class, never by message text.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from loguru import logger
+
+from pipeline.errors import BadMessage, DatabaseUnavailable, FatalError
+from pipeline.orders import CONFLICT, DB_REJECTED, Order, items_json
+
+MIGRATION_LOCK_ID = 0x0F00D0DE5  # pg_advisory_xact_lock key: one migrator at a time
+# SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention (shutdown), 40 rollback
+# (deadlock, serialization), 55 object not in prerequisite state (lock not available).
+_RETRYABLE_CLASSES = ("08", "53", "57", "40", "55", "58")
+# 22 data exception, 23 integrity constraint, 54 program limit (row too big): the row, not the DB.
+_ROW_CLASSES = ("22", "23", "54")
+
+_COLUMNS = (
+    "order_id, customer_id, customer_name, customer_email, items, total_amount, status, created_at, "
+    "kafka_partition, kafka_offset, consumer_client_id"
+)
+_CONTENT = "customer_id, customer_name, customer_email, items, total_amount, status, created_at"
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS orders_staging
+    (LIKE orders INCLUDING DEFAULTS EXCLUDING CONSTRAINTS) ON COMMIT DELETE ROWS
+"""
+_INSERT = f"""
+WITH inserted AS (
+    INSERT INTO orders ({_COLUMNS})
+    SELECT DISTINCT ON (order_id) {_COLUMNS} FROM orders_staging
+    ORDER BY order_id, kafka_partition, kafka_offset
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING customer_id, total_amount, created_at
+), stats AS (
+    INSERT INTO customer_stats (customer_id, order_count, total_spent, first_order_at, last_order_at)
+    SELECT customer_id, count(*), sum(total_amount), min(created_at), max(created_at)
+    FROM inserted GROUP BY customer_id ORDER BY customer_id  -- same lock order in every consumer
+    ON CONFLICT (customer_id) DO UPDATE SET
+        order_count = customer_stats.order_count + excluded.order_count,
+        total_spent = customer_stats.total_spent + excluded.total_spent,
+        first_order_at = least(customer_stats.first_order_at, excluded.first_order_at),
+        last_order_at = greatest(customer_stats.last_order_at, excluded.last_order_at)
+)
+SELECT count(*) FROM inserted
+"""
+_CONFLICTS = f"""
+SELECT s.kafka_partition, s.kafka_offset, o.kafka_partition, o.kafka_offset
+FROM orders_staging s JOIN orders o USING (order_id)
+WHERE ({', '.join('s.' + c for c in _CONTENT.split(', '))})
+      IS DISTINCT FROM ({', '.join('o.' + c for c in _CONTENT.split(', '))})
+"""
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    """A valid order and where it came from in Kafka."""
+
+    order: Order
+    partition: int
+    offset: int
+
+
+@dataclass
+class WriteResult:
+    """What one batch did: rows inserted, harmless redeliveries, and rows for the DLQ."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[OrderRow, BadMessage]] = field(default_factory=list)
+
+    def add(self, other: WriteResult) -> None:
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+
+
+class OrderStore:
+    """Writes order batches for one consumer process over one connection."""
+
+    def __init__(self, database_url: str, client_id: str) -> None:
+        self._url = database_url
+        self._client_id = client_id.translate(_COPY_ESCAPES)
+        self._conn: psycopg2.extensions.connection | None = None
+
+    def connect(self) -> psycopg2.extensions.connection:
+        """The open connection, reconnecting if needed. Raises DatabaseUnavailable."""
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg2.connect(self._url, connect_timeout=5, application_name=self._client_id)
+            except psycopg2.Error as e:
+                raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
+            with self._conn.cursor() as cur:
+                cur.execute(_STAGING)
+            self._conn.commit()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; returns the versions applied now."""
+        try:
+            conn = psycopg2.connect(self._url, connect_timeout=5)
+        except psycopg2.Error as e:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
+        try:
+            return migrate(conn)
+        except psycopg2.Error as e:
+            raise _translate(e) from e
+        finally:
+            conn.close()
+
+    def write(self, rows: Sequence[OrderRow]) -> WriteResult:
+        """Store a batch in one transaction. Raises DatabaseUnavailable (nothing was committed)."""
+        if not rows:
+            return WriteResult()
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                try:
+                    result = self._write_rows(cur, rows)
+                except psycopg2.Error as e:
+                    if not _is_row_error(e):
+                        raise
+                    conn.rollback()
+                    logger.warning("batch of {} refused ({}); isolating the bad rows", len(rows), e.pgcode)
+                    result = self._write_isolating(cur, rows)
+            conn.commit()
+            return result
+        except psycopg2.Error as e:
+            self._discard(conn)
+            raise _translate(e) from e
+
+    def _write_rows(self, cur: psycopg2.extensions.cursor, rows: Sequence[OrderRow]) -> WriteResult:
+        buf = io.StringIO("".join([self._copy_line(r) for r in rows]))
+        cur.copy_expert(f"COPY orders_staging ({_COLUMNS}) FROM STDIN", buf)
+        cur.execute(_INSERT)
+        inserted: int = cur.fetchone()[0]  # type: ignore[index]
+        result = WriteResult(inserted=inserted)
+        if inserted < len(rows):
+            result.add(self._conflicts(cur, rows, inserted))
+        return result
+
+    def _conflicts(self, cur: psycopg2.extensions.cursor, rows: Sequence[OrderRow], inserted: int) -> WriteResult:
+        cur.execute(_CONFLICTS)
+        by_coords = {(r.partition, r.offset): r for r in rows}
+        result = WriteResult()
+        for partition, offset, kept_partition, kept_offset in cur.fetchall():
+            row = by_coords[(partition, offset)]
+            detail = (f"order_id {row.order.order_id!r} is already stored with different content "
+                      f"(from partition {kept_partition} offset {kept_offset})")
+            result.rejected.append((row, BadMessage(CONFLICT, detail)))
+        result.duplicates = len(rows) - inserted - len(result.rejected)
+        return result
+
+    def _write_isolating(self, cur: psycopg2.extensions.cursor, rows: Sequence[OrderRow]) -> WriteResult:
+        """Write rows under a savepoint; on a row-level refusal bisect until the bad rows stand alone."""
+        cur.execute("SAVEPOINT rows")
+        try:
+            result = self._write_rows(cur, rows)
+            cur.execute("TRUNCATE orders_staging")
+            cur.execute("RELEASE SAVEPOINT rows")
+            return result
+        except psycopg2.Error as e:
+            if not _is_row_error(e):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT rows")
+            if len(rows) == 1:
+                logger.bind(order_id=rows[0].order.order_id).warning("row refused by PostgreSQL: {}", e.pgcode)
+                return WriteResult(rejected=[(rows[0], BadMessage(DB_REJECTED, f"{e.pgcode}: {_first_line(e)}"))])
+            mid = len(rows) // 2
+            result = self._write_isolating(cur, rows[:mid])
+            result.add(self._write_isolating(cur, rows[mid:]))
+            return result
+
+    def _copy_line(self, row: OrderRow) -> str:
+        o = row.order
+        return (
+            f"{o.order_id.translate(_COPY_ESCAPES)}\t{o.customer_id.translate(_COPY_ESCAPES)}\t"
+            f"{o.customer_name.translate(_COPY_ESCAPES)}\t{o.customer_email.translate(_COPY_ESCAPES)}\t"
+            f"{items_json(o).translate(_COPY_ESCAPES)}\t{o.total_amount!r}\t{o.status.translate(_COPY_ESCAPES)}\t"
+            f"{o.created_at.isoformat()}\t{row.partition}\t{row.offset}\t{self._client_id}\n"
+        )
+
+    def _discard(self, conn: psycopg2.extensions.connection) -> None:
+        try:
+            conn.rollback()
+        except psycopg2.Error:
+            self.close()
+
+
+def migrate(conn: psycopg2.extensions.connection) -> list[str]:
+    """Apply every migration not yet in schema_migrations, each in one transaction, serialized by an
+    advisory lock so processes starting together do not race."""
+    files = sorted(
+        (f for f in resources.files("pipeline.migrations").iterdir() if f.name.endswith(".sql")),
+        key=lambda f: f.name,
+    )
+    applied_now: list[str] = []
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur.execute("SELECT version FROM schema_migrations")
+        done = {v for (v,) in cur.fetchall()}
+        for f in files:
+            version = f.name.removesuffix(".sql")
+            if version in done:
+                continue
+            cur.execute(f.read_text())
+            cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            applied_now.append(version)
+    if applied_now:
+        logger.info("applied migrations {}", ", ".join(applied_now))
+    return applied_now
+
+
+def _is_row_error(e: psycopg2.Error) -> bool:
+    return e.pgcode is not None and e.pgcode[:2] in _ROW_CLASSES
+
+
+def _translate(e: psycopg2.Error) -> Exception:
+    if e.pgcode is None or e.pgcode[:2] in _RETRYABLE_CLASSES:
+        # No SQLSTATE means the connection itself failed (server gone, network).
+        return DatabaseUnavailable(f"PostgreSQL unavailable: {e.pgcode or ''} {_first_line(e)}".strip())
+    return FatalError(f"PostgreSQL error {e.pgcode}: {_first_line(e)}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
