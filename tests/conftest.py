@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import PipelineEnv
 from tests.infra import Infra, make_infra
 
 
@@ -26,3 +27,10 @@ def database_url(infra: Infra) -> str:
 def topic_name() -> str:
     """A topic name no other test uses."""
     return f"food-orders-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def pipe(infra: Infra, database_url: str, topic_name: str, tmp_path_factory: pytest.TempPathFactory) -> PipelineEnv:
+    """A topic, a consumer group and a database of one test's own, plus a directory for process logs."""
+    return PipelineEnv(infra.bootstrap_servers, database_url, topic_name, f"group-{topic_name}",
+                       tmp_path_factory.mktemp("logs"))
