@@ -1,20 +1,38 @@
-"""`bin/pipeline`: one command for operators (services, the pipeline, status, scaling)."""
+"""`bin/pipeline`: one command for operators.
+
+  up | down                    everything on this host, in order (services, then supervisord + programs)
+  status [--json]              processes, group members, lag, database totals, DLQ
+  scale N                      consumer processes (only the difference is started or stopped)
+  logs [-f] [NAME]             process logs merged with a name prefix, or one process
+  topic partitions N           grow the orders topic (Kafka cannot shrink one)
+  produce --count N            one-shot load from this shell
+  services start|stop|status   ZooKeeper, Kafka and PostgreSQL alone
+  migrate                      apply database migrations
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import xmlrpc.client
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-from dotenv import load_dotenv
+from rich.console import Console
+from rich.table import Table
 
+from pipeline import ops
+from pipeline.errors import PipelineError
+from pipeline.kafka_admin import ensure_topics, grow_partitions, topic_partition_count
+from pipeline.logtail import follow, merged_tail
 from pipeline.services import LocalServices, ServiceError, ServicesConfig
+from pipeline.settings import REPO, Settings, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+console = Console()
 
 
-def services_command(args: argparse.Namespace) -> int:
+def cmd_services(args: argparse.Namespace, _settings: Settings) -> int:
     services = LocalServices(ServicesConfig.from_env())
     if args.action == "start":
         services.start(timeout=args.timeout)
@@ -27,27 +45,190 @@ def services_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    LocalServices(ServicesConfig.from_env()).start(timeout=args.timeout)
+    ensure_topics(settings)
+    already = ops.supervisord_running()
+    ops.start_supervisord()
+    print(f"supervisord {'already running' if already else 'started'} ({ops.SUPERVISORD_CONF.name}, "
+          f"socket {ops.SOCKET.relative_to(REPO)})")
+    for p in ops.processes() or []:
+        print(f"  {p['name']:<22} {p['state']:<9} pid {p['pid'] or '-'}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, _settings: Settings) -> int:
+    print("supervisord: programs stopped, supervisord shut down" if ops.stop_supervisord()
+          else "supervisord: not running")
+    LocalServices(ServicesConfig.from_env()).stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    snap = ops.snapshot(settings)
+    if args.json:
+        print(json.dumps(snap, indent=2, default=str))
+        return 0
+    show_status(snap)
+    return 0
+
+
+def show_status(snap: dict[str, Any]) -> None:
+    procs = Table(title="Processes (supervisord)", title_justify="left")
+    for col in ("name", "state", "pid", "uptime"):
+        procs.add_column(col)
+    for p in snap["processes"] or []:
+        procs.add_row(p["name"], p["state"], str(p["pid"] or "-"), _duration(p["uptime_s"]))
+    console.print(procs if snap["processes"] is not None else "[yellow]supervisord is not running[/]")
+
+    members = snap["group"]["members"]
+    topic = snap["topic"]
+    group = Table(title=f"Consumer group {snap['group']['id']} on {topic['name']} "
+                        f"({topic['partitions'] or '?'} partitions)", title_justify="left")
+    for col in ("client.id", "host", "instance", "partitions"):
+        group.add_column(col)
+    for m in members or []:
+        group.add_row(m["client_id"], m["host"], m["instance_id"] or "-",
+                      ", ".join(map(str, m["partitions"])) or "[dim]idle[/]")
+    console.print(group if members is not None else "[yellow]consumer group: Kafka unreachable[/]")
+
+    lag = Table(title=f"Lag (total {snap['total_lag'] if snap['total_lag'] is not None else '?'})",
+                title_justify="left")
+    for col in ("partition", "committed", "end", "lag"):
+        lag.add_column(col, justify="right")
+    for r in snap["lag"] or []:
+        lag.add_row(str(r["partition"]), str(r["committed"] if r["committed"] is not None else "-"),
+                    str(r["end"]), str(r["lag"]))
+    console.print(lag)
+
+    db = snap["database"]
+    if db is None:
+        console.print("[yellow]database: unreachable[/]")
+    else:
+        console.print(f"database: {db['orders']} orders, {db['unique_customers']} customers, average order "
+                      f"{db['avg_order_value']:.2f}, duplicate order ids {db['duplicate_order_ids']}, "
+                      f"customer_stats {'match' if db['stats_match_rows'] else '[red]DO NOT match[/]'} the rows")
+    console.print(f"dead-letter queue {snap['dlq']['topic']}: {snap['dlq']['messages'] or 0} messages")
+
+
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
+    if not ops.supervisord_running():
+        raise PipelineError("supervisord is not running: bin/pipeline up")
+    try:
+        result = ops.supervisor_rpc().pipeline.scale("consumer", args.count)
+    except xmlrpc.client.Fault as e:
+        raise PipelineError(f"scale refused: {e.faultString}") from e
+    print(f"consumer: {result.get('before')} -> {result.get('after')} processes")
+    for key in ("started", "stopped"):
+        if result.get(key):
+            print(f"  {key}: {', '.join(result[key])}")
+    partitions = topic_partition_count(settings)
+    if partitions is not None and args.count is not None and args.count > partitions:
+        print(f"warning: {args.count} consumers but {settings.kafka_topic} has {partitions} partitions: "
+              f"{args.count - partitions} will idle. Add partitions: bin/pipeline topic partitions {args.count}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, _settings: Settings) -> int:
+    files = ops.log_files(args.name)
+    if not files and not args.follow:
+        raise PipelineError(f"no logs{' for ' + args.name if args.name else ''} under var/log")
+    for line in merged_tail(files, args.lines):
+        print(line)
+    if args.follow:
+        follow(lambda: ops.log_files(args.name))
+    return 0
+
+
+def cmd_topic(args: argparse.Namespace, settings: Settings) -> int:
+    count = grow_partitions(settings, args.count)
+    print(f"{settings.kafka_topic}: {count} partitions. Producers pick them up within ~10 s; keys that now "
+          "hash to a new partition keep their order from this moment on.")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from pipeline.logs import setup_logging
+    from pipeline.producer import OrderProducer
+
+    setup_logging("produce", settings.log_level, settings.log_format)
+    ensure_topics(settings)
+    one_shot = replace(settings, producer_max_orders=args.count, producer_rate=args.rate)
+    return OrderProducer(one_shot, one_shot.client_id()).run()
+
+
+def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.store import OrderStore
+
+    applied = OrderStore(settings.database_url, settings.client_id()).migrate()
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, _settings: Settings) -> int:
+    from bench.harness import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    svc = sub.add_parser("services", help="local ZooKeeper, Kafka and PostgreSQL")
-    svc.add_argument("action", choices=["start", "stop", "status"])
-    svc.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each server")
-    svc.set_defaults(func=services_command)
+    parser = argparse.ArgumentParser(prog="bin/pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "install what is missing, start services, supervisord and the programs")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each server")
+    add("down", cmd_down, "stop the programs gracefully, supervisord, then the services")
+    add("status", cmd_status, "one view of the host").add_argument("--json", action="store_true")
+    p = add("scale", cmd_scale, "set the number of consumer processes")
+    p.add_argument("count", type=int, nargs="?", help="processes; omit to reconcile with conf.d/consumer.conf")
+    p = add("logs", cmd_logs, "process logs, merged with a name prefix")
+    p.add_argument("name", nargs="?", help="producer, consumer, consumer_02, ...")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--lines", type=int, default=20)
+    p = add("topic", cmd_topic, "topic administration")
+    p.add_argument("what", choices=["partitions"])
+    p.add_argument("count", type=int)
+    p = add("produce", cmd_produce, "produce a one-shot load of mock orders")
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--rate", type=float, default=0.0, help="orders/s (0 = as fast as possible)")
+    p = add("services", cmd_services, "ZooKeeper, Kafka and PostgreSQL alone")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--timeout", type=float, default=120.0)
+    add("migrate", cmd_migrate, "apply database migrations")
+    p = add("bench", cmd_bench, "benchmark harness (see docs/benchmarks.md)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    load_dotenv(REPO / ".env")
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.func(args)
+        settings = load_settings()
+        code: int = args.func(args, settings)
         return code
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         if e.log_tail:
             print(e.log_tail, file=sys.stderr)
         return 1
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if e.__class__.__name__ == "SettingsError" else 1
     except KeyboardInterrupt:
         return 130
 

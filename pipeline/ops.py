@@ -1,0 +1,157 @@
+"""What `bin/pipeline` does to a running host: supervisord control and the status snapshot.
+
+Each gatherer returns plain data (dicts/lists) so `status --json` and the tables show the same facts,
+and a part that cannot be reached (supervisord down, Kafka down) is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from confluent_kafka import KafkaException
+
+from pipeline.errors import FatalError
+from pipeline.kafka_admin import admin_client, group_lag, topic_partition_count
+from pipeline.settings import REPO, Settings
+
+SUPERVISORD_CONF = REPO / "supervisord.conf"
+SOCKET = REPO / "var" / "run" / "supervisor.sock"
+
+
+def supervisor_env() -> dict[str, str]:
+    """supervisord and supervisorctl import our plugins from the checkout."""
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def supervisor_rpc() -> Any:
+    """An XML-RPC proxy to supervisord over its unix socket."""
+    from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped,unused-ignore]
+
+    transport = SupervisorTransport(None, None, f"unix://{SOCKET}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def supervisord_running() -> bool:
+    try:
+        return bool(supervisor_rpc().supervisor.getState()["statecode"] == 1)
+    except (OSError, xmlrpc.client.Error):
+        return False
+
+
+def start_supervisord(timeout: float = 30.0) -> None:
+    if supervisord_running():
+        return
+    for d in ("run", "log"):
+        (REPO / "var" / d).mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(SUPERVISORD_CONF)],
+                   cwd=REPO, env=supervisor_env(), check=True)
+    deadline = time.monotonic() + timeout
+    while not supervisord_running():
+        if time.monotonic() > deadline:
+            raise FatalError(f"supervisord did not answer on {SOCKET} within {timeout:.0f}s; "
+                             f"see {REPO / 'var' / 'log' / 'supervisord.log'}")
+        time.sleep(0.2)
+
+
+def stop_supervisord(timeout: float = 120.0) -> bool:
+    """Stop every program gracefully (their stopsignal, stopwaitsecs), then supervisord itself."""
+    if not supervisord_running():
+        return False
+    rpc = supervisor_rpc()
+    rpc.supervisor.stopAllProcesses(True)
+    rpc.supervisor.shutdown()
+    deadline = time.monotonic() + timeout
+    while SOCKET.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return True
+
+
+# -- status ----------------------------------------------------------------------------------------
+
+
+def processes() -> list[dict[str, Any]] | None:
+    """supervisord's view: name, state, pid, uptime; None when supervisord is not running."""
+    if not supervisord_running():
+        return None
+    now = time.time()
+    return [
+        {"name": f"{p['group']}:{p['name']}" if p["group"] != p["name"] else p["name"], "state": p["statename"],
+         "pid": p["pid"] or None, "uptime_s": int(now - p["start"]) if p["statename"] == "RUNNING" else None}
+        for p in supervisor_rpc().supervisor.getAllProcessInfo()
+    ]
+
+
+def group_members(settings: Settings) -> list[dict[str, Any]] | None:
+    """Members of the consumer group as the group coordinator sees them."""
+    admin = admin_client(settings)
+    try:
+        future = admin.describe_consumer_groups([settings.consumer_group_id], request_timeout=10)
+        desc = future[settings.consumer_group_id].result(15)
+    except (KafkaException, TimeoutError):
+        return None
+    return sorted(
+        ({"client_id": m.client_id, "host": m.host.lstrip("/"), "instance_id": m.group_instance_id,
+          "partitions": sorted(tp.partition for tp in m.assignment.topic_partitions
+                               if tp.topic == settings.kafka_topic)}
+         for m in desc.members),
+        key=lambda m: (m["partitions"][:1] or [1 << 30], m["client_id"]),
+    )
+
+
+def lag(settings: Settings) -> list[dict[str, Any]] | None:
+    rows = group_lag(settings)
+    if not rows:
+        return None
+    return [{"partition": r.partition, "committed": r.committed, "end": r.end, "lag": r.lag} for r in rows]
+
+
+def dlq_messages(settings: Settings) -> int | None:
+    count = topic_partition_count(settings, settings.kafka_dlq_topic)
+    if count is None:
+        return None
+    return sum(r.end for r in group_lag(settings, settings.kafka_dlq_topic, f"{settings.consumer_group_id}-dlq-probe"))
+
+
+def db_totals(settings: Settings) -> dict[str, Any] | None:
+    try:
+        with psycopg2.connect(settings.database_url, connect_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute("""
+                SELECT count(*), count(DISTINCT customer_id), round(avg(total_amount), 2),
+                       count(*) - count(DISTINCT order_id),
+                       (SELECT coalesce(sum(total_spent), 0) FROM customer_stats) = coalesce(sum(total_amount), 0)
+                FROM orders""")
+            orders, customers, avg, dupes, consistent = cur.fetchone()  # type: ignore[misc]
+    except psycopg2.Error:
+        return None
+    return {"orders": orders, "unique_customers": customers, "avg_order_value": float(avg or 0),
+            "duplicate_order_ids": dupes, "stats_match_rows": consistent}
+
+
+def snapshot(settings: Settings) -> dict[str, Any]:
+    """Everything `bin/pipeline status` shows."""
+    lags = lag(settings)
+    return {
+        "processes": processes(),
+        "topic": {"name": settings.kafka_topic, "partitions": topic_partition_count(settings)},
+        "group": {"id": settings.consumer_group_id, "members": group_members(settings)},
+        "lag": lags,
+        "total_lag": sum(r["lag"] for r in lags) if lags else None,
+        "database": db_totals(settings),
+        "dlq": {"topic": settings.kafka_dlq_topic, "messages": dlq_messages(settings)},
+    }
+
+
+def log_files(name: str | None = None) -> list[Path]:
+    """Program logs under var/log (supervisord writes one per process)."""
+    logs = sorted(p for p in (REPO / "var" / "log").glob("*.log")
+                  if p.name != "supervisord.log" and not p.name.startswith(("kafka", "zookeeper", "postgres")))
+    if name:
+        logs = [p for p in logs if p.stem == name or p.stem.startswith(f"{name}_")]
+    return logs
