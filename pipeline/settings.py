@@ -65,13 +65,18 @@ def client_id(prefix: str, hostname: str | None = None, pid: int | None = None) 
     return f"{prefix}-{hostname or socket.gethostname()}-{pid if pid is not None else os.getpid()}"
 
 
-def load_settings(env: Mapping[str, str] | None = None, env_file: Path | None = REPO / ".env") -> Settings:
-    """Parse settings from `env` (default: os.environ over the `.env` file). Raises SettingsError."""
+def environment(env: Mapping[str, str] | None = None, env_file: Path | None = REPO / ".env") -> dict[str, str]:
+    """`env` (default: os.environ) over the values of the `.env` file: real variables win."""
     merged: dict[str, str] = {}
     if env_file is not None and env_file.exists():
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     merged.update(os.environ if env is None else env)
-    return parse_settings(merged)
+    return merged
+
+
+def load_settings(env: Mapping[str, str] | None = None, env_file: Path | None = REPO / ".env") -> Settings:
+    """Parse settings from `env` (default: os.environ over the `.env` file). Raises SettingsError."""
+    return parse_settings(environment(env, env_file))
 
 
 def parse_settings(env: Mapping[str, str]) -> Settings:

@@ -61,7 +61,11 @@ class ServicesConfig:
 
     @staticmethod
     def from_env(env: dict[str, str] | None = None) -> ServicesConfig:
-        env = dict(os.environ if env is None else env)
+        """From `env`, or by default from os.environ over the checkout's `.env`."""
+        if env is None:
+            from pipeline.settings import environment
+
+            env = environment()
         url = urlsplit(env.get("DATABASE_URL", "postgresql://orders@127.0.0.1:5433/orders"))
         if url.scheme not in ("postgresql", "postgres"):
             raise ServiceError(f"DATABASE_URL: expected a postgresql:// URL, got scheme {url.scheme!r}")
@@ -298,6 +302,8 @@ class LocalServices:
     def _ensure_database(self) -> None:
         """The pipeline's role and database; the role's password follows DATABASE_URL every start."""
         c = self.config
+        if not c.db_password:
+            raise ServiceError("DATABASE_URL has no password: run bin/setup (it writes one into .env)")
         user, password, db = c.db_user, c.db_password.replace("'", "''"), c.db_name
         exists = self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'")
         verb = "ALTER" if exists == "1" else "CREATE"

@@ -470,7 +470,7 @@ def test_repository_config_resolves_paths_from_the_checkout(tmp_path: Path) -> N
     """The shipped supervisord.conf + conf.d/consumer.conf, parsed by supervisor itself."""
     (tmp_path / "conf.d").mkdir()
     shutil.copy(REPO / "supervisord.conf", tmp_path / "supervisord.conf")
-    shutil.copy(REPO / "conf.d" / "consumer.conf", tmp_path / "conf.d" / "consumer.conf")
+    shutil.copy(REPO / "deploy" / "supervisor" / "consumer.conf", tmp_path / "conf.d" / "consumer.conf")
     for sub in ("var/log", "var/run"):
         (tmp_path / sub).mkdir(parents=True)
     options = ServerOptions()
