@@ -27,7 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.kafka_admin import ensure_topics, grow_partitions, topic_partition_count
 from pipeline.logtail import follow, merged_tail
 from pipeline.services import LocalServices, ServiceError, ServicesConfig
-from pipeline.settings import REPO, Settings, load_settings
+from pipeline.settings import Settings, load_settings
 
 console = Console()
 
@@ -50,8 +50,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     ensure_topics(settings)
     already = ops.supervisord_running()
     ops.start_supervisord()
-    print(f"supervisord {'already running' if already else 'started'} ({ops.SUPERVISORD_CONF.name}, "
-          f"socket {ops.SOCKET.relative_to(REPO)})")
+    print(f"supervisord {'already running' if already else 'started'} ({ops.SUPERVISORD_CONF}, "
+          f"socket {ops.SOCKET})")
     for p in ops.processes() or []:
         print(f"  {p['name']:<22} {p['state']:<9} pid {p['pid'] or '-'}")
     return 0

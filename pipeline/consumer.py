@@ -81,6 +81,7 @@ class OrderConsumer:
                 self.pending = self._consume_batch()  # steps 1 + 2
                 if not len(self.pending):
                     self.pending = None
+                    self._retry_commit()
                     self._log_stats()
                     continue
             try:
@@ -138,14 +139,25 @@ class OrderConsumer:
                 instance = self.settings.consumer_instance_id
                 raise FatalError(f"another process uses group.instance.id {instance}") from e
             if err.code() in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
-                              KafkaError._NO_OFFSET):
-                # We no longer own these partitions; the new owner re-reads them and the DB dedupes.
-                logger.warning("commit refused ({}); partitions moved on, the new owner will redo them", err.str())
-                self.uncommitted.clear()
+                              KafkaError.REBALANCE_IN_PROGRESS, KafkaError._NO_OFFSET):
+                # A rebalance is under way: keep the offsets of partitions we still own for the next
+                # try; for the others the new owner re-reads from the last commit and the DB dedupes.
+                owned = {(tp.topic, tp.partition) for tp in self.kafka.assignment()}
+                self.uncommitted = {tp: o for tp, o in self.uncommitted.items() if tp in owned}
+                logger.info("commit refused during a rebalance ({}); {} partition(s) retried next time",
+                            err.str(), len(self.uncommitted))
                 return
             raise RetryableError(f"offset commit failed: {err.str()}") from e
         logger.debug("committed {}", {f"{t}[{p}]": o for (t, p), o in self.uncommitted.items()})
         self.uncommitted.clear()
+
+    def _retry_commit(self) -> None:
+        """Offsets left over from a refused or failed commit, retried while no new batch comes."""
+        if self.uncommitted:
+            try:
+                self._commit()
+            except RetryableError as e:
+                logger.warning("{}; retrying", e)
 
     # -- degraded mode: a dependency is down ---------------------------------------------------
 

@@ -21,8 +21,10 @@ from pipeline.errors import FatalError
 from pipeline.kafka_admin import admin_client, group_lag, topic_partition_count
 from pipeline.settings import REPO, Settings
 
-SUPERVISORD_CONF = REPO / "supervisord.conf"
-SOCKET = REPO / "var" / "run" / "supervisor.sock"
+# Another supervisord (a test, a second "host") is addressed with PIPELINE_SUPERVISORD_CONF.
+SUPERVISORD_CONF = Path(os.environ.get("PIPELINE_SUPERVISORD_CONF", REPO / "supervisord.conf")).resolve()
+VAR = SUPERVISORD_CONF.parent / "var"  # supervisord.conf keeps its socket, pid and logs under %(here)s/var
+SOCKET = VAR / "run" / "supervisor.sock"
 
 
 def supervisor_env() -> dict[str, str]:
@@ -49,14 +51,14 @@ def start_supervisord(timeout: float = 30.0) -> None:
     if supervisord_running():
         return
     for d in ("run", "log"):
-        (REPO / "var" / d).mkdir(parents=True, exist_ok=True)
+        (VAR / d).mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(SUPERVISORD_CONF)],
-                   cwd=REPO, env=supervisor_env(), check=True)
+                   cwd=SUPERVISORD_CONF.parent, env=supervisor_env(), check=True)
     deadline = time.monotonic() + timeout
     while not supervisord_running():
         if time.monotonic() > deadline:
             raise FatalError(f"supervisord did not answer on {SOCKET} within {timeout:.0f}s; "
-                             f"see {REPO / 'var' / 'log' / 'supervisord.log'}")
+                             f"see {VAR / 'log' / 'supervisord.log'}")
         time.sleep(0.2)
 
 
@@ -150,7 +152,7 @@ def snapshot(settings: Settings) -> dict[str, Any]:
 
 def log_files(name: str | None = None) -> list[Path]:
     """Program logs under var/log (supervisord writes one per process)."""
-    logs = sorted(p for p in (REPO / "var" / "log").glob("*.log")
+    logs = sorted(p for p in (VAR / "log").glob("*.log")
                   if p.name != "supervisord.log" and not p.name.startswith(("kafka", "zookeeper", "postgres")))
     if name:
         logs = [p for p in logs if p.stem == name or p.stem.startswith(f"{name}_")]

@@ -65,8 +65,12 @@ def client_id(prefix: str, hostname: str | None = None, pid: int | None = None) 
     return f"{prefix}-{hostname or socket.gethostname()}-{pid if pid is not None else os.getpid()}"
 
 
-def environment(env: Mapping[str, str] | None = None, env_file: Path | None = REPO / ".env") -> dict[str, str]:
-    """`env` (default: os.environ) over the values of the `.env` file: real variables win."""
+def environment(env: Mapping[str, str] | None = None, env_file: Path | None = None) -> dict[str, str]:
+    """`env` (default: os.environ) over the values of the env file: real variables win.
+
+    The env file is `env_file`, else $PIPELINE_ENV_FILE, else the checkout's `.env`."""
+    if env_file is None:
+        env_file = Path(os.environ.get("PIPELINE_ENV_FILE", REPO / ".env"))
     merged: dict[str, str] = {}
     if env_file is not None and env_file.exists():
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
@@ -74,7 +78,7 @@ def environment(env: Mapping[str, str] | None = None, env_file: Path | None = RE
     return merged
 
 
-def load_settings(env: Mapping[str, str] | None = None, env_file: Path | None = REPO / ".env") -> Settings:
+def load_settings(env: Mapping[str, str] | None = None, env_file: Path | None = None) -> Settings:
     """Parse settings from `env` (default: os.environ over the `.env` file). Raises SettingsError."""
     return parse_settings(environment(env, env_file))
 
