@@ -46,6 +46,8 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, str | int |
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": settings.consumer_session_timeout_ms,
         "heartbeat.interval.ms": max(1000, settings.consumer_session_timeout_ms // 5),
+        # Partitions added to the topic trigger a rebalance within seconds, not librdkafka's 5 minutes.
+        "topic.metadata.refresh.interval.ms": 5_000,
     }
     if settings.consumer_instance_id:
         # Static membership: a restart within session.timeout.ms gets the same partitions, no rebalance.

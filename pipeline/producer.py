@@ -116,8 +116,9 @@ class OrderProducer:
             self._resend_failed(self.settings.kafka_topic)
             self.kafka.flush(max(0.0, min(1.0, deadline - time.monotonic())))
         undelivered = len(self.kafka) + len(self.retry)
-        logger.info("stopped: produced {}, delivered {}, delivery failures retried {}, undelivered {}",
-                    self.produced, self.delivered, self.failed, undelivered)
+        logger.info("stopped: produced {}, delivered {}, delivery failures retried {}, undelivered {}, "
+                    "partitions used {}", self.produced, self.delivered, self.failed, undelivered,
+                    sorted(self.partitions_seen))
         return 0 if undelivered == 0 else 1
 
     def stop(self, signum: int, _frame: FrameType | None) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -94,3 +96,27 @@ def test_sigterm_under_load_exits_zero_quickly_with_offsets_committed(pipe: Pipe
     assert written, "nothing was written"
     assert committed == {p: written.get(p, -1001) for p in committed}
     assert pipe.row_count() < 30_000  # it really stopped mid-stream
+
+
+def test_added_partitions_are_used_within_seconds_without_restarts(pipe: PipelineEnv) -> None:
+    producer = pipe.start("producer", "producer", PRODUCER_RATE="300", PRODUCER_MAX_ORDERS="0")
+    consumer = pipe.start("consumer", "consumer")
+    with running(producer, consumer):
+        wait_for(lambda: pipe.row_count() > 100, 60, "orders flowing")
+        cli = [sys.executable, "-m", "pipeline.cli", "topic", "partitions"]
+        env = pipe.env(PIPELINE_ENV_FILE=os.devnull)
+        shrink = subprocess.run([*cli, "2"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert shrink.returncode != 0 and "cannot remove partitions" in shrink.stderr
+        grow = subprocess.run([*cli, "6"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert grow.returncode == 0, grow.stderr
+        grown_at = time.monotonic()
+        wait_for(lambda: all(pipe.end_offsets().get(p, 0) > 0 for p in (3, 4, 5)), 20,
+                 "the running producer to write to partitions 3-5")
+        assert time.monotonic() - grown_at < 15
+        wait_for(lambda: pipe.db("SELECT count(DISTINCT kafka_partition) FROM orders")[0][0] == 6, 60,
+                 "the running consumer to store orders from all six partitions")
+        assert stop(producer) == 0
+        produced = sum(pipe.end_offsets().values())
+        wait_for(lambda: pipe.row_count() == produced, 60, "every order stored")
+        assert stop(consumer) == 0
+    assert producer.pid and "partitions used [0, 1, 2, 3, 4, 5]" in pipe.log("producer")
