@@ -1,0 +1,33 @@
+"""Logging: one JSON object per line with pid and process name; text lines carry them too."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from loguru import logger
+
+from pipeline.logs import setup_logging
+
+
+def test_json_lines_carry_pid_process_and_order_id(capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPERVISOR_PROCESS_NAME", "consumer_07")
+    setup_logging("consumer", "INFO", "json")
+    logger.bind(order_id="ORD-1").warning("row refused by PostgreSQL: {}", "22021")
+    logger.debug("not shown at INFO")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["msg"] == "row refused by PostgreSQL: 22021"
+    assert (entry["level"], entry["pid"], entry["process"], entry["order_id"]) == (
+        "WARNING", os.getpid(), "consumer_07", "ORD-1")
+
+
+def test_text_lines_name_the_process_and_pid(capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SUPERVISOR_PROCESS_NAME", raising=False)
+    setup_logging("producer", "INFO", "text")
+    logger.info("produced 10")
+    assert f"[producer:{os.getpid()}] produced 10" in capsys.readouterr().err
