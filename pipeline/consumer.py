@@ -27,6 +27,7 @@ from pipeline.dlq import DeadLetterQueue
 from pipeline.errors import FatalError, RetryableError, SettingsError
 from pipeline.kafka_admin import ensure_topics
 from pipeline.logs import kafka_logger, setup_logging
+from pipeline.offsets import OffsetTracker
 from pipeline.settings import Settings, load_settings
 from pipeline.store import OrderStore, WriteResult
 
@@ -45,7 +46,8 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, str | int |
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": settings.consumer_session_timeout_ms,
-        "heartbeat.interval.ms": max(1000, settings.consumer_session_timeout_ms // 5),
+        # Frequent heartbeats: members learn of a rebalance sooner, so scaling settles faster.
+        "heartbeat.interval.ms": 500,
         # Partitions added to the topic trigger a rebalance within seconds, not librdkafka's 5 minutes.
         "topic.metadata.refresh.interval.ms": 5_000,
     }
@@ -63,11 +65,14 @@ class OrderConsumer:
         self.store = store
         self.dlq = dlq
         self.client_id = client_id
-        self.kafka = Consumer(consumer_config(settings, client_id), logger=kafka_logger())
+        config = {**consumer_config(settings, client_id), "on_commit": self._on_commit}
+        self.kafka = Consumer(config, logger=kafka_logger())
         self.stopping = False
         self.degraded = False  # a dependency is down: the assignment is paused
         self.pending: Batch | None = None  # consumed, not yet fully processed
-        self.uncommitted: dict[tuple[str, int], int] = {}  # written + dead-lettered, commit pending
+        self.offsets = OffsetTracker()
+        self.fatal: str | None = None  # set by a callback, raised by the loop
+        self._last_commit_try = 0.0
         self.totals = {"batches": 0, "inserted": 0, "duplicates": 0, "dead": 0}
         self._last_stats = time.monotonic()
         self._last_broker_warning = 0.0
@@ -79,6 +84,8 @@ class OrderConsumer:
                              on_revoke=self._on_revoke, on_lost=self._on_lost)
         backoff = BACKOFF_START
         while not self.stopping:
+            if self.fatal:
+                raise FatalError(self.fatal)
             if self.pending is None:
                 self.pending = self._consume_batch()  # steps 1 + 2
                 if not len(self.pending):
@@ -100,8 +107,13 @@ class OrderConsumer:
         self._shutdown()
 
     def _consume_batch(self) -> Batch:
-        messages = self.kafka.consume(self.settings.consumer_batch_size,
-                                      self.settings.consumer_batch_timeout_ms / 1000)
+        """What the client has already fetched, up to the batch size; when nothing is there, wait up to
+        the batch timeout for the first message only. Full batches under load, no timer at low rates."""
+        size = self.settings.consumer_batch_size
+        messages = self.kafka.consume(size, 0)
+        if not messages:
+            first = self.kafka.poll(self.settings.consumer_batch_timeout_ms / 1000)
+            messages = [first, *self.kafka.consume(size - 1, 0)] if first is not None else []
         return decode_batch(self._without_errors(messages))
 
     def _process(self, batch: Batch) -> None:
@@ -109,8 +121,8 @@ class OrderConsumer:
         faults.point("after_db_commit")
         self._dead_letter(batch, result)  # 4
         faults.point("after_dlq")
-        self.uncommitted.update(batch.next_offsets)
-        self._commit()  # 5
+        self.offsets.processed(batch.next_offsets)
+        self._commit()  # 5 (asynchronous: the broker's answer arrives in _on_commit)
         self.totals["batches"] += 1
         self.totals["inserted"] += result.inserted
         self.totals["duplicates"] += result.duplicates
@@ -130,36 +142,41 @@ class OrderConsumer:
         self.dlq.send([*batch.dead, *refused])
 
     def _commit(self) -> None:
-        if not self.uncommitted:
+        """Send the offsets of everything written and dead-lettered; confirmations come in _on_commit."""
+        offsets = self.offsets.to_commit()
+        if not offsets:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self.uncommitted.items()]
+        self._last_commit_try = time.monotonic()
         try:
-            self.kafka.commit(offsets=offsets, asynchronous=False)
+            self.kafka.commit(offsets=_tps(offsets), asynchronous=True)
+        except KafkaException as e:  # e.g. no coordinator right now: the idle loop tries again
+            logger.info("offset commit not sent ({}); retried shortly", e.args[0].str())
+
+    def _commit_now(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Synchronous commit, before partitions are handed over and at shutdown."""
+        offsets = self.offsets.to_commit(only)
+        if not offsets:
+            return
+        try:
+            self.kafka.commit(offsets=_tps(offsets), asynchronous=False)
+            self.offsets.confirm(offsets)
+            logger.info("committed {}", {f"{t}[{p}]": o for (t, p), o in offsets.items()})
         except KafkaException as e:
-            err: KafkaError = e.args[0]
-            if err.code() == KafkaError.FENCED_INSTANCE_ID:
-                instance = self.settings.consumer_instance_id
-                raise FatalError(f"another process uses group.instance.id {instance}") from e
-            if err.code() in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
-                              KafkaError.REBALANCE_IN_PROGRESS, KafkaError._NO_OFFSET):
-                # A rebalance is under way: keep the offsets of partitions we still own for the next
-                # try; for the others the new owner re-reads from the last commit and the DB dedupes.
-                owned = {(tp.topic, tp.partition) for tp in self.kafka.assignment()}
-                self.uncommitted = {tp: o for tp, o in self.uncommitted.items() if tp in owned}
-                logger.info("commit refused during a rebalance ({}); {} partition(s) retried next time",
-                            err.str(), len(self.uncommitted))
-                return
-            raise RetryableError(f"offset commit failed: {err.str()}") from e
-        logger.debug("committed {}", {f"{t}[{p}]": o for (t, p), o in self.uncommitted.items()})
-        self.uncommitted.clear()
+            logger.warning("commit failed ({}); the next owner redoes that work, the DB dedupes", e.args[0].str())
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is None:
+            self.offsets.confirm({(tp.topic, tp.partition): tp.offset for tp in partitions if tp.error is None})
+        elif err.code() == KafkaError.FENCED_INSTANCE_ID:
+            self.fatal = f"another process uses group.instance.id {self.settings.consumer_instance_id}"
+        elif err.code() != KafkaError._NO_OFFSET:
+            # Mid-rebalance refusals (ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS...): sent again when idle.
+            logger.info("offset commit refused ({}); retried shortly", err.str())
 
     def _retry_commit(self) -> None:
-        """Offsets left over from a refused or failed commit, retried while no new batch comes."""
-        if self.uncommitted:
-            try:
-                self._commit()
-            except RetryableError as e:
-                logger.warning("{}; retrying", e)
+        """Offsets not yet confirmed, sent again while no new batch comes (at most once a second)."""
+        if time.monotonic() - self._last_commit_try >= 1.0:
+            self._commit()
 
     # -- degraded mode: a dependency is down ---------------------------------------------------
 
@@ -200,14 +217,7 @@ class OrderConsumer:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
-        done = {tp: o for tp, o in self.uncommitted.items() if tp in gone}
-        if done:
-            try:
-                consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in done.items()],
-                                asynchronous=False)
-                logger.info("committed {} before revocation", {f"{t}[{p}]": o for (t, p), o in done.items()})
-            except KafkaException as e:
-                logger.warning("commit before revocation failed ({}); the new owner redoes them", e)
+        self._commit_now(gone)  # what we wrote must be committed before the next owner starts
         self._forget(gone)
         logger.info("revoked {}", _names(partitions))
 
@@ -216,8 +226,7 @@ class OrderConsumer:
         logger.warning("lost {} (session timed out); the new owner redoes uncommitted work", _names(partitions))
 
     def _forget(self, gone: set[tuple[str, int]]) -> None:
-        for tp in gone:
-            self.uncommitted.pop(tp, None)
+        self.offsets.forget(gone)
         if self.pending is not None:
             self.pending = self.pending.without_partitions(gone)
 
@@ -255,15 +264,16 @@ class OrderConsumer:
         if self.pending is not None and len(self.pending):
             logger.warning("stopping with {} unwritten message(s); they stay uncommitted and are redelivered",
                            len(self.pending))
-        try:
-            self._commit()
-        except (RetryableError, KafkaException) as e:
-            logger.warning("final commit failed ({}); the next owner redoes that work", e)
+        self._commit_now()
         self.kafka.close()
         self.dlq.close()
         self.store.close()
         logger.info("stopped: batches {batches}, inserted {inserted}, redelivered {duplicates}, "
                     "dead-lettered {dead}", **self.totals)
+
+
+def _tps(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    return [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
 
 
 def _bytes(data: bytes | str | None) -> bytes | None:

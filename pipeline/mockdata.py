@@ -118,12 +118,14 @@ _RAND_MASK = (1 << _RAND_BITS) - 1
 _id_lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
+_prefix_key: tuple[int, int] | None = None
+_prefix = ""
 
 
 def _reset_after_fork() -> None:
     # A forked child must not continue the parent's counter, or both would emit the same ids.
-    global _last_ms, _last_rand, _id_lock
-    _last_ms, _last_rand, _id_lock = 0, 0, threading.Lock()
+    global _last_ms, _last_rand, _id_lock, _prefix_key
+    _last_ms, _last_rand, _id_lock, _prefix_key = 0, 0, threading.Lock(), None
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -137,7 +139,7 @@ def new_order_id() -> str:
     same millisecond (or if the clock steps back) the random part is incremented (RFC 9562
     "monotonic random"). Independent of any seeded RNG.
     """
-    global _last_ms, _last_rand
+    global _last_ms, _last_rand, _prefix_key, _prefix
     now_ms = time.time_ns() // 1_000_000
     with _id_lock:
         if now_ms > _last_ms:
@@ -147,8 +149,9 @@ def new_order_id() -> str:
             if rand > _RAND_MASK:  # counter exhausted: borrow the next millisecond
                 ms, rand = ms + 1, secrets.randbits(_RAND_BITS)
         _last_ms, _last_rand = ms, rand
-    value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | (rand & (1 << 62) - 1)
-    )
-    h = f"{value:032x}"
-    return f"ORD-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        # Only the low 62 bits change between ids of one millisecond: format the rest once.
+        if (ms, rand >> 62) != _prefix_key:
+            high = f"{(ms & 0xFFFF_FFFF_FFFF) << 16 | 0x7 << 12 | rand >> 62:016x}"
+            _prefix_key, _prefix = (ms, rand >> 62), f"ORD-{high[:8]}-{high[8:12]}-{high[12:]}-"
+        low = f"{0b10 << 62 | (rand & (1 << 62) - 1):016x}"
+        return f"{_prefix}{low[:4]}-{low[4:]}"

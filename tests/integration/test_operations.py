@@ -160,6 +160,7 @@ def test_status_json_and_log_following(host: Supervised, pipe: PipelineEnv) -> N
     host.start()
     members = owners(pipe, 2)
     wait_for(lambda: pipe.row_count() > 100, 60, "orders flowing")
+    wait_for(lambda: len(host.pids()) == 3, 30, "all three processes RUNNING (past startsecs)")
     snap = json.loads(host.pipeline("status", "--json").stdout)
     assert {p["name"] for p in snap["processes"]} == {"consumer:consumer_01", "consumer:consumer_02", "producer"}
     assert all(p["state"] == "RUNNING" and p["pid"] for p in snap["processes"])
