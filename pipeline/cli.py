@@ -26,6 +26,7 @@ from rich.table import Table
 from pipeline import ops
 from pipeline.errors import PipelineError
 from pipeline.kafka_admin import ensure_topics, grow_partitions, topic_partition_count
+from pipeline.logs import setup_logging
 from pipeline.logtail import follow, merged_tail
 from pipeline.services import LocalServices, ServiceError, ServicesConfig
 from pipeline.settings import Settings, load_settings
@@ -86,12 +87,18 @@ def show_status(snap: dict[str, Any]) -> None:
     topic = snap["topic"]
     group = Table(title=f"Consumer group {snap['group']['id']} on {topic['name']} "
                         f"({topic['partitions'] or '?'} partitions)", title_justify="left")
-    for col in ("client.id", "host", "instance", "partitions"):
+    for col in ("client.id", "host", "instance", "process (pid now)", "partitions"):
         group.add_column(col)
     for m in members or []:
-        group.add_row(m["client_id"], m["host"], m["instance_id"] or "-",
+        proc = f"{m['process']} ({m['pid']})" if m["process"] else "-"
+        if m["pid"] and not m["client_id"].endswith(f"-{m['pid']}"):
+            proc += " [dim]*[/]"
+        group.add_row(m["client_id"], m["host"], m["instance_id"] or "-", proc,
                       ", ".join(map(str, m["partitions"])) or "[dim]idle[/]")
     console.print(group if members is not None else "[yellow]consumer group: Kafka unreachable[/]")
+    if any(m["pid"] and not m["client_id"].endswith(f"-{m['pid']}") for m in members or []):
+        console.print("[dim]* restarted without a rebalance (static membership): the coordinator still shows "
+                      "the client.id of the previous pid until the next rebalance[/]")
 
     lag = Table(title=f"Lag (total {snap['total_lag'] if snap['total_lag'] is not None else '?'})",
                 title_justify="left")
@@ -158,7 +165,6 @@ def cmd_topic(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
-    from pipeline.logs import setup_logging
     from pipeline.producer import OrderProducer
 
     setup_logging("produce", settings.log_level, settings.log_format)
@@ -220,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
+        setup_logging("pipeline", "WARNING", settings.log_format)
         code: int = args.func(args, settings)
         return code
     except ServiceError as e:

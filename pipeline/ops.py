@@ -7,6 +7,7 @@ and a part that cannot be reached (supervisord down, Kafka down) is reported, no
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -136,13 +137,32 @@ def db_totals(settings: Settings) -> dict[str, Any] | None:
             "duplicate_order_ids": dupes, "stats_match_rows": consistent}
 
 
+def with_local_processes(members: list[dict[str, Any]] | None,
+                         procs: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Name the local supervisord process behind each static member (instance `{hostname}-consumer_NN`).
+
+    The coordinator keeps a static member's client.id from before a restart until the next rebalance,
+    so its pid can be stale; the process's pid now comes from supervisord."""
+    if members is None:
+        return None
+    host = socket.gethostname()
+    pids = {p["name"].split(":")[-1]: p["pid"] for p in procs or []}
+    for m in members:
+        slot = (m["instance_id"] or "").removeprefix(f"{host}-") if m["instance_id"] else None
+        m["process"] = slot if slot in pids else None
+        m["pid"] = pids.get(slot) if slot else None
+    return members
+
+
 def snapshot(settings: Settings) -> dict[str, Any]:
     """Everything `bin/pipeline status` shows."""
     lags = lag(settings)
+    procs = processes()
     return {
-        "processes": processes(),
+        "processes": procs,
         "topic": {"name": settings.kafka_topic, "partitions": topic_partition_count(settings)},
-        "group": {"id": settings.consumer_group_id, "members": group_members(settings)},
+        "group": {"id": settings.consumer_group_id,
+                  "members": with_local_processes(group_members(settings), procs)},
         "lag": lags,
         "total_lag": sum(r["lag"] for r in lags) if lags else None,
         "database": db_totals(settings),

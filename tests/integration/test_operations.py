@@ -114,7 +114,9 @@ def test_restarts_keep_partitions_count_and_orders(host: Supervised, pipe: Pipel
              30, "the restarted consumer_01 to get its partition back")
     assert f"{pipe.topic}[{own_01[0]}]" in host.log("consumer_01").split(f"[consumer_01:{new_pid}] assigned")[1]
     members = json.loads(host.pipeline("status", "--json").stdout)["group"]["members"]
-    assert {m["instance_id"]: m["partitions"] for m in members}[f"{os.uname().nodename}-consumer_01"] == own_01
+    by_instance = {m["instance_id"]: m for m in members}
+    assert by_instance[f"{os.uname().nodename}-consumer_01"]["partitions"] == own_01
+    assert by_instance[f"{os.uname().nodename}-consumer_01"]["pid"] == new_pid  # the pid now, from supervisord
     for n, seen in others_log.items():
         assert "revoked" not in host.log(n)[seen:], f"{n} lost partitions while consumer_01 restarted"
 
@@ -165,6 +167,9 @@ def test_status_json_and_log_following(host: Supervised, pipe: PipelineEnv) -> N
     assert {p["name"] for p in snap["processes"]} == {"consumer:consumer_01", "consumer:consumer_02", "producer"}
     assert all(p["state"] == "RUNNING" and p["pid"] for p in snap["processes"])
     assert {m["client_id"]: m["partitions"] for m in snap["group"]["members"]} == members
+    pids = host.pids()
+    assert {m["process"]: m["pid"] for m in snap["group"]["members"]} == {
+        n: pids[n] for n in ("consumer_01", "consumer_02")}
     assert [r["partition"] for r in snap["lag"]] == [0, 1, 2]
     assert snap["topic"]["partitions"] == 3
     assert snap["database"]["orders"] > 100 and snap["database"]["stats_match_rows"] is True
