@@ -21,7 +21,6 @@ from pipeline.errors import FatalError, RetryableError, SettingsError
 from pipeline.kafka_admin import ensure_topics
 from pipeline.logs import kafka_logger, setup_logging
 from pipeline.mockdata import OrderGenerator, new_order_id
-from pipeline.orders import encode_order
 from pipeline.settings import Settings, load_settings
 
 LOG_EVERY = 5.0
@@ -78,8 +77,8 @@ class OrderProducer:
         return self._finish()
 
     def _produce_one(self, topic: str) -> None:
-        order = self.generator.next_order(new_order_id(), datetime.now(UTC))
-        self._send(topic, order.customer_id.encode(), encode_order(order))
+        key, value = self.generator.next_order_json(new_order_id(), datetime.now(UTC))
+        self._send(topic, key, value)
         self.produced += 1
 
     @property

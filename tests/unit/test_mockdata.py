@@ -89,3 +89,19 @@ def test_order_ids_ignore_the_seeded_rng() -> None:
     time.sleep(0.002)
     d = new_order_id()
     assert c[19:] != d[19:]
+
+
+def test_fast_json_path_gives_the_same_bytes_as_encoding_the_order() -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.mockdata import OrderGenerator, new_order_id
+    from pipeline.orders import Order, decode_order, encode_order
+
+    slow, fast = OrderGenerator(11), OrderGenerator(11)
+    now = datetime.now(UTC)
+    for _ in range(2_000):
+        order_id = new_order_id()
+        order = slow.next_order(order_id, now)
+        key, value = fast.next_order_json(order_id, now)
+        assert (key, value) == (order.customer_id.encode(), encode_order(order))
+        assert isinstance(decode_order(key, value), Order)
