@@ -114,7 +114,9 @@ class OrderConsumer:
         if not messages:
             first = self.kafka.poll(self.settings.consumer_batch_timeout_ms / 1000)
             messages = [first, *self.kafka.consume(size - 1, 0)] if first is not None else []
-        return decode_batch(self._without_errors(messages))
+        # A rebalance callback can run inside consume(): keep only partitions still ours.
+        owned = self.offsets.owned
+        return decode_batch([m for m in self._without_errors(messages) if (m.topic(), m.partition()) in owned])
 
     def _process(self, batch: Batch) -> None:
         result = self._write(batch)  # 3
@@ -158,11 +160,16 @@ class OrderConsumer:
         if not offsets:
             return
         try:
-            self.kafka.commit(offsets=_tps(offsets), asynchronous=False)
-            self.offsets.confirm(offsets)
-            logger.info("committed {}", {f"{t}[{p}]": o for (t, p), o in offsets.items()})
+            result = self.kafka.commit(offsets=_tps(offsets), asynchronous=False)
         except KafkaException as e:
             logger.warning("commit failed ({}); the next owner redoes that work, the DB dedupes", e.args[0].str())
+            return
+        stored = {(tp.topic, tp.partition): tp.offset for tp in result or [] if tp.error is None}
+        self.offsets.confirm(stored)
+        logger.info("committed {}", {f"{t}[{p}]": o for (t, p), o in stored.items()})
+        if len(stored) < len(offsets):
+            logger.warning("commit refused for {} partition(s); the next owner redoes that work",
+                           len(offsets) - len(stored))
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is None:
@@ -211,6 +218,7 @@ class OrderConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.incremental_assign(partitions)
+        self.offsets.assigned((tp.topic, tp.partition) for tp in partitions)
         if self.degraded:
             consumer.pause(partitions)
         logger.info("assigned {}", _names(partitions) or "nothing new")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from loguru import logger
 
 from pipeline.batch import DeadLetter
@@ -12,7 +12,8 @@ from pipeline.errors import DeliveryFailed
 from pipeline.logs import kafka_logger
 from pipeline.settings import Settings
 
-DeliveryCallback = Callable[[KafkaError | None, "Message[bytes, bytes]"], None]
+# The broker or the client refuses a message this size: retrying the same bytes can never work.
+_TOO_BIG = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
 
 
 class DeadLetterQueue:
@@ -27,31 +28,42 @@ class DeadLetterQueue:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "message.timeout.ms": 30_000,
+            "compression.type": "lz4",
+            "message.timeout.ms": 15_000,
         }, logger=kafka_logger())
 
-    def send(self, letters: Sequence[DeadLetter], timeout: float = 40.0) -> None:
-        """Produce and await delivery of all letters. Raises DeliveryFailed if any is not confirmed."""
+    def send(self, letters: Sequence[DeadLetter], timeout: float = 20.0) -> None:
+        """Produce and await delivery of all letters. Raises DeliveryFailed if any is not confirmed.
+
+        A letter too big for the broker once our headers are added (a value near the 1 MB limit) is
+        sent without its value, with headers `value_truncated: 1` and `original_size`, rather than
+        never: an undeliverable letter would block its partition forever."""
         if not letters:
             return
-        failures: list[KafkaError] = []
-
-        def on_delivery(err: KafkaError | None, _msg: Message[bytes, bytes]) -> None:
-            if err is not None:
-                failures.append(err)
-
+        failures: list[tuple[KafkaError, DeadLetter]] = []
         for letter in letters:
-            self._produce(letter, on_delivery)
+            self._produce(letter, failures)
         remaining = self._producer.flush(timeout)
+        too_big = [letter for err, letter in failures if err.code() in _TOO_BIG]
+        if too_big and not remaining:
+            failures = [(err, letter) for err, letter in failures if err.code() not in _TOO_BIG]
+            for letter in too_big:
+                self._produce(letter, failures, truncate=True)
+            remaining = self._producer.flush(timeout)
         if remaining or failures:
-            reason = failures[0].str() if failures else f"{remaining} not confirmed after {timeout:.0f}s"
+            reason = failures[0][0].str() if failures else f"{remaining} not confirmed after {timeout:.0f}s"
             raise DeliveryFailed(f"DLQ delivery failed for {len(failures) or remaining} message(s): {reason}")
         for letter in letters:
             logger.bind(source_partition=letter.partition, source_offset=letter.offset).debug(
                 "dead-lettered {}@{}: {} ({})", letter.partition, letter.offset, letter.error, letter.detail
             )
 
-    def _produce(self, letter: DeadLetter, on_delivery: DeliveryCallback) -> None:
+    def _produce(self, letter: DeadLetter, failures: list[tuple[KafkaError, DeadLetter]],
+                 truncate: bool = False) -> None:
+        def on_delivery(err: KafkaError | None, _msg: Message[bytes, bytes]) -> None:
+            if err is not None:
+                failures.append((err, letter))
+
         headers: list[tuple[str, str | bytes | None]] = [
             ("error", letter.error.encode()),
             ("error_detail", letter.detail.encode()),
@@ -60,13 +72,24 @@ class DeadLetterQueue:
             ("source_offset", str(letter.offset).encode()),
             ("consumer_client_id", self._client_id.encode()),
         ]
+        value = letter.value
+        if truncate:
+            headers += [("value_truncated", b"1"), ("original_size", str(len(value or b"")).encode())]
+            value = None
         while True:
             try:
-                self._producer.produce(self._topic, letter.value, letter.key, headers=headers,
-                                       on_delivery=on_delivery)
+                self._producer.produce(self._topic, value, letter.key, headers=headers, on_delivery=on_delivery)
                 return
             except BufferError:  # local queue full: let deliveries drain first
                 self._producer.poll(0.1)
+            except KafkaException as e:
+                err: KafkaError = e.args[0]
+                if err.code() in _TOO_BIG and not truncate:
+                    logger.warning("DLQ letter for {}@{} too big ({} bytes): sending it without its value",
+                                   letter.partition, letter.offset, len(value or b""))
+                    self._produce(letter, failures, truncate=True)
+                    return
+                raise DeliveryFailed(f"DLQ produce failed: {err.str()}") from e
 
     def close(self, timeout: float = 10.0) -> None:
         self._producer.flush(timeout)

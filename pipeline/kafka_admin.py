@@ -13,6 +13,8 @@ from pipeline.errors import FatalError, RetryableError
 from pipeline.settings import Settings, load_settings
 
 RETENTION_MS = str(7 * 24 * 3600 * 1000)
+_NOT_READY = {KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.NOT_CONTROLLER, KafkaError._TIMED_OUT,
+              KafkaError.REQUEST_TIMED_OUT}
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -39,9 +41,15 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
         try:
             future.result(timeout)
             logger.info("created topic {}", name)
+        except TimeoutError as e:
+            raise RetryableError(f"creating topic {name} timed out") from e
         except KafkaException as e:
-            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise FatalError(f"cannot create topic {name}: {e.args[0].str()}") from e
+            err: KafkaError = e.args[0]
+            if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            if err.retriable() or err.code() in _NOT_READY:  # a broker still starting up
+                raise RetryableError(f"cannot create topic {name} yet: {err.str()}") from e
+            raise FatalError(f"cannot create topic {name}: {err.str()}") from e
 
 
 def topic_partition_count(settings: Settings | None = None, topic: str | None = None) -> int | None:

@@ -15,13 +15,17 @@ TP = tuple[str, int]  # (topic, partition)
 
 class OffsetTracker:
     def __init__(self) -> None:
+        self.owned: set[TP] = set()
         self.done: dict[TP, int] = {}
         self.confirmed: dict[TP, int] = {}
 
+    def assigned(self, partitions: Iterable[TP]) -> None:
+        self.owned.update(partitions)
+
     def processed(self, next_offsets: Mapping[TP, int]) -> None:
-        """A batch is fully handled: its next offsets may be committed."""
+        """A batch is fully handled: its next offsets may be committed (for partitions still owned)."""
         for tp, offset in next_offsets.items():
-            if offset > self.done.get(tp, -1):
+            if tp in self.owned and offset > self.done.get(tp, -1):
                 self.done[tp] = offset
 
     def to_commit(self, only: Iterable[TP] | None = None) -> dict[TP, int]:
@@ -33,11 +37,12 @@ class OffsetTracker:
     def confirm(self, offsets: Mapping[TP, int]) -> None:
         """The broker stored these offsets."""
         for tp, offset in offsets.items():
-            if offset > self.confirmed.get(tp, -1):
+            if tp in self.owned and offset > self.confirmed.get(tp, -1):
                 self.confirmed[tp] = offset
 
     def forget(self, partitions: Iterable[TP]) -> None:
         """Partitions this member no longer owns: their next owner starts from the last commit."""
         for tp in partitions:
+            self.owned.discard(tp)
             self.done.pop(tp, None)
             self.confirmed.pop(tp, None)

@@ -37,7 +37,9 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, str | int |
         "linger.ms": 10,
         "batch.num.messages": 10_000,
         "compression.type": "lz4",
-        "message.timeout.ms": 120_000,
+        # Never time out in the queue: with idempotence the broker then keeps each partition in
+        # order through a broker outage (a timed-out order re-sent later would land behind newer ones).
+        "message.timeout.ms": 0,
         # Reports for failures only: successes are counted as produced - queued - failed, which
         # spares a Python callback per message on the hot path.
         "delivery.report.only.error": True,
@@ -149,6 +151,9 @@ def main() -> int:
         try:
             ensure_topics(settings)
             break
+        except FatalError as e:
+            logger.error("fatal: {}", e)
+            return 1
         except RetryableError as e:
             logger.warning("{}; retrying in {:.1f}s", e, backoff)
             time.sleep(backoff)

@@ -30,6 +30,20 @@ _RETRYABLE_CLASSES = ("08", "53", "57", "40", "55", "58")
 # 22 data exception, 23 integrity constraint, 54 program limit (row too big): the row, not the DB.
 _ROW_CLASSES = ("22", "23", "54")
 
+def connect(url: str, application_name: str = "food-orders") -> psycopg2.extensions.connection:
+    """A connection with bounded waits and an explicit encoding.
+
+    A hung server (network partition, stalled disk, a lock held by a stuck session) must surface as an
+    error well within the consumer's max.poll.interval.ms, or the consumer would drop out of its group.
+    The encoding is explicit so that a SQL_ASCII database refuses a row (SQLSTATE 22P05, dead-lettered)
+    instead of raising UnicodeEncodeError in the client."""
+    return psycopg2.connect(
+        url, application_name=application_name, connect_timeout=5, client_encoding="UTF8",
+        options="-c statement_timeout=30000 -c lock_timeout=15000",
+        keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3, tcp_user_timeout=15000,
+    )
+
+
 _COLUMNS = (
     "order_id, customer_id, customer_name, customer_email, items, total_amount, status, created_at, "
     "kafka_partition, kafka_offset, consumer_client_id"
@@ -103,7 +117,7 @@ class OrderStore:
         """The open connection, reconnecting if needed. Raises DatabaseUnavailable."""
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg2.connect(self._url, connect_timeout=5, application_name=self._client_id)
+                self._conn = connect(self._url, self._client_id)
             except psycopg2.Error as e:
                 raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
             with self._conn.cursor() as cur:
@@ -119,7 +133,7 @@ class OrderStore:
     def migrate(self) -> list[str]:
         """Apply pending migrations; returns the versions applied now."""
         try:
-            conn = psycopg2.connect(self._url, connect_timeout=5)
+            conn = connect(self._url)
         except psycopg2.Error as e:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
         try:

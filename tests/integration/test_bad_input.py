@@ -93,3 +93,24 @@ def test_bad_messages_go_to_the_dlq_with_reasons_and_valid_ones_are_stored(pipe:
         assert (msg.key(), msg.value()) == plan[offset][:2]  # type: ignore[attr-defined]  # original bytes
         got.append((offset, headers["error"]))
     assert sorted(got) == expected
+
+
+def test_a_message_near_the_size_limit_is_dead_lettered_without_its_value(pipe: PipelineEnv) -> None:
+    admin = AdminClient({"bootstrap.servers": pipe.bootstrap})
+    admin.create_topics([NewTopic(pipe.topic, 1, 1)])[pipe.topic].result(30)
+    producer = Producer({"bootstrap.servers": pipe.bootstrap})
+    huge = b"x" * 999_900  # the broker takes it; with the DLQ's headers added it would not fit
+    producer.produce(pipe.topic, huge, b"CUST-00001")
+    producer.produce(pipe.topic, valid(OrderGenerator(1))[1], valid(OrderGenerator(1))[0])
+    assert producer.flush(30) == 0
+
+    consumer = pipe.start("consumer", "consumer")
+    with running(consumer):
+        wait_for(lambda: pipe.lag() == 0, 60, "lag 0 past the oversized message")
+        assert consumer.poll() is None
+        assert stop(consumer) == 0
+    assert pipe.row_count() == 1
+    (letter,) = pipe.read_topic(pipe.dlq, 1)
+    headers = {k: v.decode() for k, v in letter.headers()}  # type: ignore[attr-defined]
+    assert (headers["error"], headers["value_truncated"], headers["original_size"]) == ("too_large", "1", "999900")
+    assert letter.value() is None and letter.key() == b"CUST-00001"  # type: ignore[attr-defined]
