@@ -10,6 +10,7 @@ from confluent_kafka.cimpl import NewPartitions, NewTopic
 from loguru import logger
 
 from pipeline.errors import FatalError, RetryableError
+from pipeline.logs import kafka_logger
 from pipeline.settings import Settings, load_settings
 
 RETENTION_MS = str(7 * 24 * 3600 * 1000)
@@ -18,7 +19,7 @@ _NOT_READY = {KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.NOT_CONTROLLER, 
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({**settings.kafka_common(), "client.id": settings.client_id()})
+    return AdminClient({**settings.kafka_common(), "client.id": settings.client_id()}, logger=kafka_logger())
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
@@ -105,7 +106,7 @@ def group_lag(settings: Settings, topic: str | None = None, group: str | None = 
     if count is None:
         return []
     probe = Consumer({**settings.kafka_common(), "group.id": group, "enable.auto.commit": False,
-                      "client.id": f"{settings.client_id()}-lag"})
+                      "client.id": f"{settings.client_id()}-lag"}, logger=kafka_logger())
     try:
         parts = [TopicPartition(topic, p) for p in range(count)]
         committed = probe.committed(parts, timeout=10)
