@@ -17,14 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from pipeline.services import LocalServices, ServicesConfig, free_port
 from pipeline.settings import Settings, parse_settings
+from pipeline.store import create_database
 
 REPO = Path(__file__).resolve().parents[1]
 # Environment prefixes a pipeline process reads; dropped from our environment so `.env` and the
@@ -51,13 +50,7 @@ class BenchInfra:
 
     def new_database(self, prefix: str) -> str:
         """A fresh, empty database owned by the pipeline role; returns its URL."""
-        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-        conn = psycopg2.connect(self.database_url)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        conn.close()
-        return urlunsplit(urlsplit(self.database_url)._replace(path=f"/{name}"))
+        return create_database(self.database_url, f"{prefix}_{uuid.uuid4().hex[:8]}")
 
     def env(self, **values: str) -> dict[str, str]:
         """Environment for a pipeline process: every pipeline variable set explicitly (an empty value

@@ -21,17 +21,17 @@ from types import FrameType
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from loguru import logger
 
-from pipeline import faults
+from pipeline import faults, runtime
 from pipeline.batch import Batch, DeadLetter, decode_batch
 from pipeline.dlq import DeadLetterQueue
-from pipeline.errors import FatalError, RetryableError, SettingsError
+from pipeline.errors import FatalError, RetryableError
 from pipeline.kafka_admin import ensure_topics
-from pipeline.logs import kafka_logger, setup_logging
+from pipeline.logs import kafka_logger
 from pipeline.offsets import OffsetTracker
-from pipeline.settings import Settings, load_settings
+from pipeline.runtime import BACKOFF_MAX, BACKOFF_START
+from pipeline.settings import Settings
 from pipeline.store import OrderStore, WriteResult
 
-BACKOFF_START, BACKOFF_MAX = 0.5, 15.0
 STATS_EVERY = 10.0
 _BROKER_DOWN = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
 
@@ -292,28 +292,16 @@ def _names(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
 
 
-def wait_for_dependencies(settings: Settings, store: OrderStore, consumer: OrderConsumer) -> bool:
-    """Migrate the schema and make sure the topics exist, retrying while either is unavailable."""
-    backoff = BACKOFF_START
-    while not consumer.stopping:
-        try:
-            store.migrate()
-            ensure_topics(settings)
-            return True
-        except RetryableError as e:
-            logger.warning("{}; retrying in {:.1f}s", e, backoff)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
-    return False
+def prepare(settings: Settings, store: OrderStore) -> None:
+    """Schema migrated and topics present; raises RetryableError while either is unavailable."""
+    store.migrate()
+    ensure_topics(settings)
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as e:
-        print(f"consumer: configuration error: {e}", file=sys.stderr)
+    settings = runtime.start("consumer")
+    if settings is None:
         return 2
-    setup_logging("consumer", settings.log_level, settings.log_format)
     client_id = settings.client_id()
     store = OrderStore(settings.database_url, client_id)
     consumer = OrderConsumer(settings, store, DeadLetterQueue(settings, client_id), client_id)
@@ -322,7 +310,7 @@ def main() -> int:
     logger.info("starting: client.id {}, group {}, instance {}, topic {}", client_id,
                 settings.consumer_group_id, settings.consumer_instance_id or "(dynamic)", settings.kafka_topic)
     try:
-        if wait_for_dependencies(settings, store, consumer):
+        if runtime.retry(lambda: prepare(settings, store), lambda: consumer.stopping):
             consumer.run()
         else:
             consumer.kafka.close()

@@ -17,11 +17,12 @@ from types import FrameType
 from confluent_kafka import KafkaError, Message, Producer
 from loguru import logger
 
-from pipeline.errors import FatalError, RetryableError, SettingsError
+from pipeline import runtime
+from pipeline.errors import FatalError
 from pipeline.kafka_admin import ensure_topics
-from pipeline.logs import kafka_logger, setup_logging
+from pipeline.logs import kafka_logger
 from pipeline.mockdata import OrderGenerator, new_order_id
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import Settings
 
 LOG_EVERY = 5.0
 FLUSH_TIMEOUT = 30.0
@@ -133,12 +134,9 @@ class OrderProducer:
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as e:
-        print(f"producer: configuration error: {e}", file=sys.stderr)
+    settings = runtime.start("producer")
+    if settings is None:
         return 2
-    setup_logging("producer", settings.log_level, settings.log_format)
     client_id = settings.client_id()
     producer = OrderProducer(settings, client_id)
     signal.signal(signal.SIGTERM, producer.stop)
@@ -146,19 +144,9 @@ def main() -> int:
     rate = "as fast as possible" if settings.producer_rate == 0 else f"{settings.producer_rate:g}/s"
     limit = settings.producer_max_orders or "unlimited"
     logger.info("starting: client.id {}, topic {}, rate {}, orders {}", client_id, settings.kafka_topic, rate, limit)
-    backoff = 0.5
-    while not producer.stopping:
-        try:
-            ensure_topics(settings)
-            break
-        except FatalError as e:
-            logger.error("fatal: {}", e)
-            return 1
-        except RetryableError as e:
-            logger.warning("{}; retrying in {:.1f}s", e, backoff)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 15.0)
     try:
+        if not runtime.retry(lambda: ensure_topics(settings), lambda: producer.stopping):
+            return 0
         return producer.run()
     except FatalError as e:
         logger.error("fatal: {}", e)

@@ -14,11 +14,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 from loguru import logger
+from psycopg2 import sql
 
 from pipeline.errors import BadMessage, DatabaseUnavailable, FatalError
 from pipeline.orders import CONFLICT, DB_REJECTED, Order, items_json
@@ -252,6 +254,18 @@ def migrate(conn: psycopg2.extensions.connection) -> list[str]:
     if applied_now:
         logger.info("applied migrations {}", ", ".join(applied_now))
     return applied_now
+
+
+def create_database(url: str, name: str) -> str:
+    """Create an empty database `name` owned by the user of `url` (needs CREATEDB); returns its URL."""
+    conn = psycopg2.connect(url, connect_timeout=5)
+    conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 def _is_row_error(e: psycopg2.Error) -> bool:

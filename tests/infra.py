@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 
 from pipeline.services import LocalServices, ServicesConfig, free_port
+from pipeline.store import create_database
 
 
 @dataclass
@@ -33,14 +33,7 @@ class Infra:
 
     def new_database(self) -> str:
         """A fresh, empty database owned by the pipeline role; returns its URL."""
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        conn = psycopg2.connect(self.database_url)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        conn.close()
-        parts = urlsplit(self.database_url)
-        return urlunsplit(parts._replace(path=f"/{name}"))
+        return create_database(self.database_url, f"t_{uuid.uuid4().hex[:12]}")
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a pipeline process pointed at these servers."""
