@@ -26,7 +26,7 @@ from pipeline.batch import Batch, DeadLetter, decode_batch
 from pipeline.dlq import DeadLetterQueue
 from pipeline.errors import FatalError, RetryableError
 from pipeline.kafka_admin import ensure_topics
-from pipeline.logs import kafka_logger
+from pipeline.logs import KafkaErrorLog, kafka_logger
 from pipeline.offsets import OffsetTracker
 from pipeline.runtime import BACKOFF_MAX, BACKOFF_START
 from pipeline.settings import Settings
@@ -65,7 +65,8 @@ class OrderConsumer:
         self.store = store
         self.dlq = dlq
         self.client_id = client_id
-        config = {**consumer_config(settings, client_id), "on_commit": self._on_commit}
+        self.kafka_errors = KafkaErrorLog()
+        config = {**consumer_config(settings, client_id), "on_commit": self._on_commit, "error_cb": self.kafka_errors}
         self.kafka = Consumer(config, logger=kafka_logger())
         self.stopping = False
         self.degraded = False  # a dependency is down: the assignment is paused
@@ -84,8 +85,8 @@ class OrderConsumer:
                              on_revoke=self._on_revoke, on_lost=self._on_lost)
         backoff = BACKOFF_START
         while not self.stopping:
-            if self.fatal:
-                raise FatalError(self.fatal)
+            if self.fatal or self.kafka_errors.fatal:
+                raise FatalError(self.fatal or self.kafka_errors.fatal or "")
             if self.pending is None:
                 self.pending = self._consume_batch()  # steps 1 + 2
                 if not len(self.pending):

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -54,11 +55,29 @@ def _json_sink(message: Message) -> None:
 
 
 class _ToLoguru(logging.Handler):
-    """Forwards stdlib logging records (librdkafka's, via confluent-kafka) to loguru."""
+    """Forwards stdlib logging records (librdkafka's, via confluent-kafka) to loguru.
+
+    librdkafka logs every reconnect attempt while a broker is down (several per second); the same
+    kind of line (its facility, e.g. FAIL) is passed on at most once per QUIET_S, with a count."""
+
+    QUIET_S = 30.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, tuple[float, int]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        facility = text.split(" ", 1)[0]
+        now = time.monotonic()
+        last, suppressed = self._last.get(facility, (0.0, 0))
+        if now - last < self.QUIET_S:
+            self._last[facility] = (last, suppressed + 1)
+            return
+        self._last[facility] = (now, 0)
         level = record.levelname if record.levelname in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO"
-        logger.log(level, "librdkafka: {}", record.getMessage())
+        more = f" (+{suppressed} similar in the last {self.QUIET_S:.0f}s)" if suppressed else ""
+        logger.log(level, "librdkafka: {}{}", text, more)
 
 
 def kafka_logger() -> logging.Logger:
@@ -69,3 +88,20 @@ def kafka_logger() -> logging.Logger:
         log.propagate = False
         log.setLevel(logging.INFO)
     return log
+
+
+class KafkaErrorLog:
+    """`error_cb` for confluent-kafka clients: a broker outage is one warning every 30 s, not a flood;
+    a fatal client error is remembered for the owner's loop to act on."""
+
+    def __init__(self) -> None:
+        self.fatal: str | None = None
+        self._last_warning = 0.0
+
+    def __call__(self, err: Any) -> None:  # confluent_kafka.KafkaError
+        if err.fatal():
+            self.fatal = f"Kafka client fatal error: {err.str()}"
+            logger.error(self.fatal)
+        elif time.monotonic() - self._last_warning >= 30.0:
+            self._last_warning = time.monotonic()
+            logger.warning("Kafka broker unavailable or erroring ({}); the client keeps retrying", err.str())

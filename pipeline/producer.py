@@ -20,7 +20,7 @@ from loguru import logger
 from pipeline import runtime
 from pipeline.errors import FatalError
 from pipeline.kafka_admin import ensure_topics
-from pipeline.logs import kafka_logger
+from pipeline.logs import KafkaErrorLog, kafka_logger
 from pipeline.mockdata import OrderGenerator, new_order_id
 from pipeline.settings import Settings
 
@@ -52,7 +52,9 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, str | int |
 class OrderProducer:
     def __init__(self, settings: Settings, client_id: str) -> None:
         self.settings = settings
-        self.kafka = Producer(producer_config(settings, client_id), logger=kafka_logger())
+        self.kafka_errors = KafkaErrorLog()
+        self.kafka = Producer({**producer_config(settings, client_id), "error_cb": self.kafka_errors},
+                              logger=kafka_logger())
         self.generator = OrderGenerator(settings.producer_seed)
         self.stopping = False
         self.produced = 0  # orders generated
@@ -65,6 +67,8 @@ class OrderProducer:
         started = last_log = time.monotonic()
         last_count = 0
         while not self.stopping and (limit == 0 or self.produced < limit):
+            if self.kafka_errors.fatal:
+                raise FatalError(self.kafka_errors.fatal)
             now = time.monotonic()
             due = limit - self.produced if limit else 1_000
             if rate > 0:

@@ -97,3 +97,27 @@ def test_postgres_outage_pauses_without_commits_and_recovers_alone(infra: Infra,
     log = pipe.log("consumer")
     assert "dependency back; resumed 3 partition(s)" in log
     assert "Traceback" not in log
+
+
+def test_broker_outage_is_logged_and_the_consumer_carries_on(infra: Infra, pipe: PipelineEnv) -> None:
+    if infra.services is None:
+        pytest.skip("stopping the broker needs the local backend")
+    create_topic(pipe)
+    kafka = infra.services.kafka()
+    consumer = pipe.start("consumer", "consumer")
+    try:
+        with running(consumer):
+            pipe.produce(1_000)
+            wait_for(lambda: pipe.row_count() == 1_000, 60, "first orders stored")
+            assert kafka.stop(timeout=60)
+            wait_for(lambda: "Kafka broker unavailable" in pipe.log("consumer"), 60, "the outage in the log")
+            assert consumer.poll() is None, "the consumer must keep running while the broker is down"
+            kafka.start(timeout=120)
+            pipe.produce(1_000)
+            wait_for(lambda: pipe.row_count() == 2_000, 120, "orders stored after the broker came back")
+            wait_for(lambda: pipe.lag() == 0, 60, "lag 0")
+            assert stop(consumer) == 0
+    finally:
+        if kafka.pid() is None:
+            kafka.start(timeout=120)
+    assert pipe.stats_consistent()
