@@ -25,7 +25,7 @@ from rich.table import Table
 
 from pipeline import ops
 from pipeline.errors import PipelineError
-from pipeline.kafka_admin import ensure_topics, grow_partitions, topic_partition_count
+from pipeline.kafka_admin import ensure_topics, grow_partitions, release_static_members, topic_partition_count
 from pipeline.logs import setup_logging
 from pipeline.logtail import follow, merged_tail
 from pipeline.services import LocalServices, ServiceError, ServicesConfig
@@ -137,6 +137,8 @@ def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
     for key in ("started", "stopped"):
         if result.get(key):
             print(f"  {key}: {', '.join(result[key])}")
+    for line in release_static_members(result.get("stopped", []), settings):
+        print(f"  group: {line}")
     partitions = topic_partition_count(settings)
     if partitions is not None and args.count is not None and args.count > partitions:
         print(f"warning: {args.count} consumers but {settings.kafka_topic} has {partitions} partitions: "

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -11,7 +15,7 @@ from loguru import logger
 
 from pipeline.errors import FatalError, RetryableError
 from pipeline.logs import kafka_logger
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import REPO, Settings, load_settings
 
 RETENTION_MS = str(7 * 24 * 3600 * 1000)
 _NOT_READY = {KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.NOT_CONTROLLER, KafkaError._TIMED_OUT,
@@ -117,3 +121,48 @@ def group_lag(settings: Settings, topic: str | None = None, group: str | None = 
         return result
     finally:
         probe.close()
+
+
+def release_static_members(process_names: list[str], settings: Settings | None = None) -> list[str]:
+    """Remove the static members of consumer processes stopped for good (a scale down) from the
+    group, so their partitions move now rather than after the session timeout. Returns what happened,
+    one line per member; never raises (the timeout still moves the partitions if this fails).
+
+    Static members never leave on their own (that is what lets a restarted process keep its
+    partitions) and confluent-kafka has no binding for the Admin call, so Kafka's Java Admin client
+    does it, from the installed jars (deploy/kafka/RemoveStaticMembers.java)."""
+    settings = settings or load_settings()
+    if not process_names:
+        return []
+    if dict(settings.kafka_security).get("security.protocol", "PLAINTEXT") != "PLAINTEXT":
+        return ["static members not released (secured cluster): partitions move after the session timeout"]
+    host = socket.gethostname()
+    wanted = {f"{host}-{name}" for name in process_names}
+    present = sorted(wanted & _static_members(settings))
+    if not present:  # Kafka unreachable, or their sessions already ended
+        return []
+    prefix = Path(os.environ.get("PIPELINE_PREFIX", ".local"))
+    lib = (REPO / prefix if not prefix.is_absolute() else prefix) / "kafka" / "lib"
+    cmd = ["java", "-Xmx128m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
+           f"-Dlog4j.configuration=file:{REPO / 'deploy' / 'kafka' / 'tools-log4j.properties'}",
+           "-cp", f"{lib}/*", str(REPO / "deploy" / "kafka" / "RemoveStaticMembers.java"),
+           settings.kafka_bootstrap_servers, settings.consumer_group_id,
+           *present]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [f"static members not released ({e}): partitions move after the session timeout"]
+    return [line for line in out.stdout.splitlines() if line.strip()] or [out.stderr.strip()[-300:]]
+
+
+def _static_members(settings: Settings) -> set[str]:
+    """group.instance.ids currently in the consumer group; empty when Kafka cannot be reached quickly."""
+    host, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        admin = admin_client(settings)  # keep a reference: a collected client never completes its futures
+        desc = admin.describe_consumer_groups(
+            [settings.consumer_group_id], request_timeout=5)[settings.consumer_group_id].result(10)
+    except (OSError, ValueError, KafkaException, TimeoutError):
+        return set()
+    return {m.group_instance_id for m in desc.members if m.group_instance_id}

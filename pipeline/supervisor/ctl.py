@@ -42,6 +42,17 @@ def topic_partition_count() -> int | None:
     return count if isinstance(count, int) else None
 
 
+def release_static_members(names: list[str]) -> list[str]:
+    """Let the stopped consumers' partitions move now (see pipeline.kafka_admin); never raises."""
+    try:
+        kafka_admin = importlib.import_module("pipeline.kafka_admin")
+        lines: list[str] = kafka_admin.release_static_members(names)
+    except Exception as exc:  # noqa: BLE001 - the session timeout moves the partitions anyway
+        log.debug("static members not released: %s", exc)
+        return []
+    return lines
+
+
 def parse_args(arg: str) -> tuple[str, int | None]:
     """``"consumer 3"`` -> ``("consumer", 3)``; raises ValueError with a usage message."""
     parts = arg.split()
@@ -105,6 +116,8 @@ class ScaleControllerPlugin(ControllerPluginBase):  # type: ignore[misc]  # unty
         if result["failed"]:
             self.ctl.exitstatus = LSBInitExitStatuses.GENERIC
         if program == self.consumer_program:
+            for line in release_static_members(list(result["stopped"])):
+                self.ctl.output(f"{program}: group: {line}")
             self._warn_idle(after)
 
     def _warn_idle(self, consumers: int) -> None:

@@ -73,7 +73,9 @@ def test_scale_changes_only_the_difference_while_orders_keep_flowing(host: Super
     five = owners(pipe, 5)
     assert sorted(len(p) for p in five.values()) == [0, 0, 1, 1, 1]
 
-    host.ctl("scale", "consumer", "1")
+    out = host.ctl("scale", "consumer", "1").stdout
+    host_name = os.uname().nodename
+    assert all(f"group: removed {host_name}-consumer_0{i}" in out for i in (2, 3, 4, 5)), out
     info = host.info()
     assert sorted(n for n in info if n.startswith("consumer")) == ["consumer_01"]
     assert info["consumer_01"]["pid"] == first_pid
@@ -82,7 +84,7 @@ def test_scale_changes_only_the_difference_while_orders_keep_flowing(host: Super
         assert "SIGTERM received" in log and "stopped: batches" in log and "final commit failed" not in log
     supervisord_log = (host.root / "var/log/supervisord.log").read_text()
     assert all(f"stopped: consumer_0{i} (exit status 0)" in supervisord_log for i in (2, 3, 4, 5))
-    # The stopped members were static: their partitions move once their session times out.
+    # The stopped static members were removed from the group, so their partitions move at once.
     assert by_pid(owners(pipe, 1)) == {first_pid: [0, 1, 2]}
     assert host.ctl("reread").stdout.strip() == "No config updates to processes"
 
