@@ -23,9 +23,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import chart, phases, sysinfo
+from bench import ceilings, chart, phases, sysinfo
+from bench.context import Bench, Sizes
 from bench.infra import REPO, private_infra
-from bench.phases import Bench, Sizes
 
 RESULTS = REPO / "bench" / "results"
 TARGETS = {
@@ -200,10 +200,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         bench = Bench(infra, sizes, progress)
         p: dict[str, Any] = {}
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            ("ceiling_produce", lambda: phases.ceiling_produce(bench)),
+            ("ceiling_produce", lambda: ceilings.ceiling_produce(bench)),
             ("producer", lambda: phases.pipeline_producer(bench)),
-            ("ceiling_consume", lambda: phases.ceiling_consume(bench)),
-            ("ceiling_postgres", lambda: phases.ceiling_postgres(bench)),
+            ("ceiling_consume", lambda: ceilings.ceiling_consume(bench)),
+            ("ceiling_postgres", lambda: ceilings.ceiling_postgres(bench)),
             ("baseline", lambda: phases.baseline(bench)),
             *[(f"pipeline_{n}", lambda n=n: phases.pipeline_consumers(bench, n))
               for n in sizes.consumers],

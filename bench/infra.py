@@ -7,11 +7,9 @@ stopped when the `private_infra` context exits, pass or fail.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +19,8 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from pipeline.services import LocalServices, ServicesConfig, free_port
+from pipeline.services import LocalServices
+from pipeline.services.ephemeral import ephemeral_services
 from pipeline.settings import Settings, parse_settings
 from pipeline.store import create_database
 
@@ -110,28 +109,10 @@ class BenchInfra:
 @contextmanager
 def private_infra(keep_state: bool = False) -> Iterator[BenchInfra]:
     """Start ZooKeeper, Kafka and PostgreSQL on free ports under a temp dir; stop them at the end."""
-    root = Path(tempfile.mkdtemp(prefix="food-orders-bench-"))
-    os.chmod(root, 0o755)  # the postgres account must reach its data dir inside
-    config = ServicesConfig.from_env({
-        "PIPELINE_STATE_DIR": str(root),
-        "PIPELINE_PREFIX": os.environ.get("PIPELINE_PREFIX", ".local"),
-        "PIPELINE_KAFKA_MODE": "zookeeper",
-        "PIPELINE_ZOOKEEPER_PORT": str(free_port()),
-        "PIPELINE_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-        "DATABASE_URL": f"postgresql://pipeline:{uuid.uuid4().hex}@127.0.0.1:{free_port()}/pipeline",
-    })
-    services = LocalServices(config)
-    infra = BenchInfra(config.bootstrap_servers, config.database_url, services, root)
-    try:
-        services.start(timeout=120, say=lambda line: None)
-        # CREATEDB: each phase gets its own fresh database.
-        services._psql(f'ALTER ROLE "{config.db_user}" CREATEDB')
-        yield infra
-    finally:
-        infra.stop_all()
-        services.stop(timeout=60, say=lambda line: None)
-        if keep_state:
-            print(f"benchmark state kept in {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    with ephemeral_services("bench", keep_state=keep_state) as services:
+        c = services.config
+        infra = BenchInfra(c.bootstrap_servers, c.database_url, services, c.state_dir)
+        try:
+            yield infra
+        finally:
+            infra.stop_all()

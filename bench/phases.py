@@ -1,23 +1,25 @@
-"""The benchmark phases. Each returns a JSON-ready dict of what it measured on this machine."""
+"""The pipeline phases: the producer, the per-message baseline, N consumers, latency. Each returns a
+JSON-ready dict of what it measured on this machine."""
 
 from __future__ import annotations
 
-import io
-import os
 import signal
-import statistics
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 import psycopg2
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
-from rich.progress import Progress, TaskID
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from bench.infra import BenchInfra
+from bench.context import (
+    LATENCY_TOPIC,
+    ORDERS_TOPIC,
+    PARTITIONS,
+    SEED,
+    Bench,
+    Result,
+    rate,
+)
 from bench.measure import (
     CpuMeter,
     RowCounter,
@@ -27,214 +29,8 @@ from bench.measure import (
     wait_group_stable,
     writers,
 )
-from pipeline.consumer import consumer_config
 from pipeline.kafka_admin import ensure_topics
-from pipeline.mockdata import OrderGenerator, new_order_id
-from pipeline.orders import Order, decode_order, encode_order
-from pipeline.producer import producer_config
-from pipeline.store import _COLUMNS, _INSERT, _STAGING, OrderRow, OrderStore
-
-ORDERS_TOPIC = "bench-orders"
-RAW_TOPIC = "bench-raw"
-LATENCY_TOPIC = "bench-latency"
-PARTITIONS = 3
-SEED = 20_260_101
-RAW_PRODUCE_RUNS = 3
-
-Result = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much work each phase does (flags of the harness)."""
-
-    orders: int = 200_000
-    baseline: int = 10_000
-    baseline_timeout: float = 120.0
-    consumers: tuple[int, ...] = (1, 2, 3)
-    latency_rate: float = 1_000.0
-    latency_seconds: float = 60.0
-    latency_consumers: int = 1
-    pg_batch: int = 500
-    phase_timeout: float = 300.0
-    consumer_env: tuple[tuple[str, str], ...] = ()  # extra environment for pipeline.consumer (experiments)
-    consumer_module: str = "pipeline.consumer"
-
-
-@dataclass
-class Bench:
-    """What every phase needs: the servers, the sizes, the progress display, and shared data."""
-
-    infra: BenchInfra
-    sizes: Sizes
-    progress: Progress
-    messages: list[tuple[int, int, bytes, bytes]] = field(default_factory=list)  # partition, offset, key, value
-    latencies_ms: list[float] = field(default_factory=list)
-
-    def task(self, description: str, total: float) -> TaskID:
-        return self.progress.add_task(description, total=total)
-
-    def server_pids(self) -> dict[str, int | None]:
-        s = self.infra.services
-        return {"kafka": s.kafka().pid(), "zookeeper": s.zookeeper().pid(), "postgres": s.postgres().pid(),
-                "harness": os.getpid()}
-
-
-def _rate(n: float, seconds: float) -> float:
-    return round(n / seconds, 1) if seconds > 0 else 0.0
-
-
-def _generate(n: int) -> list[tuple[bytes, bytes]]:
-    gen = OrderGenerator(SEED)
-    out = []
-    for _ in range(n):
-        order = gen.next_order(new_order_id(), datetime.now(UTC))
-        out.append((order.customer_id.encode(), encode_order(order)))
-    return out
-
-
-# -- ceilings ------------------------------------------------------------------------------------
-
-
-def ceiling_produce(b: Bench) -> Result:
-    """(c) Producing pre-serialized order bytes with pipeline.producer.producer_config, in-process."""
-    n = b.sizes.orders
-    b.infra.create_topic(RAW_TOPIC, PARTITIONS)
-    payloads = _generate(n)
-    settings = b.infra.settings(KAFKA_TOPIC=RAW_TOPIC)
-    failed = 0
-
-    def on_delivery(err: KafkaError | None, _msg: Message[bytes, bytes]) -> None:
-        nonlocal failed
-        if err is not None:
-            failed += 1
-
-    producer = Producer(producer_config(settings, f"bench-raw-{uuid.uuid4().hex[:6]}"))
-    # Warm-up outside the clock: metadata, connection and the idempotent producer id.
-    producer.produce(RAW_TOPIC, payloads[0][1], payloads[0][0])
-    producer.flush(30)
-    # A run takes about a second, so it is repeated and the median kept (all runs are reported).
-    runs: list[float] = []
-    cpu = CpuMeter(b.server_pids())
-    cpu.start()
-    for attempt in range(RAW_PRODUCE_RUNS):
-        task = b.task(f"ceiling: produce pre-serialized ({attempt + 1}/{RAW_PRODUCE_RUNS})", n)
-        started = time.perf_counter()
-        for i, (key, value) in enumerate(payloads):
-            while True:
-                try:
-                    producer.produce(RAW_TOPIC, value, key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.005)
-            if i % 5_000 == 0:
-                producer.poll(0)
-                b.progress.update(task, completed=i)
-        remaining = producer.flush(120)
-        runs.append(time.perf_counter() - started)
-        b.progress.update(task, completed=n)
-        if remaining or failed:
-            raise RuntimeError(f"raw produce: {remaining} undelivered, {failed} failed")
-    seconds = statistics.median(runs)
-    return {"messages": n, "seconds": round(seconds, 3), "rate": _rate(n, seconds),
-            "runs_rate": [_rate(n, r) for r in runs],
-            "avg_bytes": round(sum(len(v) for _, v in payloads) / n, 1), "cpu_s": cpu.stop(),
-            "method": f"in-process confluent_kafka.Producer, producer_config() of pipeline.producer, first produce() "
-                      f"to flush() returning; median of {RAW_PRODUCE_RUNS} runs of N messages (cpu_s: all runs)"}
-
-
-def ceiling_consume(b: Bench) -> Result:
-    """(a) Consuming the pre-filled orders topic with no processing (pipeline consumer_config, assign())."""
-    n = b.sizes.orders
-    settings = b.infra.settings(KAFKA_TOPIC=ORDERS_TOPIC, CONSUMER_GROUP_ID=f"bench-raw-{uuid.uuid4().hex[:6]}")
-    consumer = Consumer(consumer_config(settings, settings.client_id()))
-    consumer.list_topics(ORDERS_TOPIC, timeout=10)  # connection + metadata outside the clock
-    task = b.task("ceiling: consume, no processing", n)
-    messages: list[tuple[int, int, bytes, bytes]] = []
-    deadline = time.monotonic() + b.sizes.phase_timeout
-    cpu = CpuMeter(b.server_pids())
-    cpu.start()
-    # assign(), not subscribe(): the clock starts before the first fetch, and no group join is timed.
-    started = time.perf_counter()
-    consumer.assign([TopicPartition(ORDERS_TOPIC, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    while len(messages) < n and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, 1.0):
-            key, value = msg.key(), msg.value()
-            if msg.error() is None and isinstance(key, bytes) and isinstance(value, bytes):
-                messages.append((msg.partition() or 0, msg.offset() or 0, key, value))
-        b.progress.update(task, completed=len(messages))
-    seconds = time.perf_counter() - started
-    cpu_s = cpu.stop()
-    consumer.close()
-    if len(messages) < n:
-        raise RuntimeError(f"raw consume: only {len(messages)} of {n} messages")
-    b.messages = messages
-    return {"messages": n, "seconds": round(seconds, 3), "rate": _rate(n, seconds), "cpu_s": cpu_s,
-            "method": "in-process confluent_kafka.Consumer.consume(1000) with consumer_config() of pipeline.consumer, "
-                      "assign() at offset 0 to last message (no group join in the clock); message bytes kept in "
-                      "memory, not decoded"}
-
-
-def ceiling_postgres(b: Bench) -> Result:
-    """(b) PostgreSQL ingesting pre-formatted rows: COPY into staging + the store's INSERT ... ON CONFLICT."""
-    batch = b.sizes.pg_batch
-    rows = []
-    for partition, offset, key, value in b.messages:
-        order = decode_order(key, value)
-        assert isinstance(order, Order)
-        rows.append(OrderRow(order, partition, offset))
-    formatter = OrderStore("postgresql://unused@localhost/unused", "bench-pg-ceiling")
-    chunks = ["".join(formatter._copy_line(r) for r in rows[i:i + batch]) for i in range(0, len(rows), batch)]
-    url = b.infra.new_database("ceiling")
-    OrderStore(url, "bench").migrate()
-    conn = psycopg2.connect(url)
-    with conn.cursor() as cur:
-        cur.execute(_STAGING)
-    conn.commit()
-    n = len(rows)
-    task = b.task("ceiling: PostgreSQL COPY + INSERT", n)
-    cpu = CpuMeter(b.server_pids())
-    cpu.start()
-    started = time.perf_counter()
-    inserted = 0
-    with conn.cursor() as cur:
-        for i, text in enumerate(chunks):
-            cur.copy_expert(f"COPY orders_staging ({_COLUMNS}) FROM STDIN", io.StringIO(text))
-            cur.execute(_INSERT)
-            inserted += (cur.fetchone() or (0,))[0]
-            conn.commit()
-            if i % 20 == 0:
-                b.progress.update(task, completed=min(n, (i + 1) * batch))
-    seconds = time.perf_counter() - started
-    cpu_s = cpu.stop()
-    conn.close()
-    b.progress.update(task, completed=n)
-    if inserted != n:
-        raise RuntimeError(f"PostgreSQL ceiling: inserted {inserted} of {n}")
-
-    # For comparison (not a ceiling): OrderStore.write on pre-built OrderRows, i.e. with the Python
-    # formatting of COPY lines that the pipeline does per batch.
-    url2 = b.infra.new_database("storewrite")
-    store = OrderStore(url2, "bench-store-write")
-    store.migrate()
-    store.connect()
-    task2 = b.task("reference: OrderStore.write", n)
-    started2 = time.perf_counter()
-    for i in range(0, n, batch):
-        store.write(rows[i:i + batch])
-        if (i // batch) % 20 == 0:
-            b.progress.update(task2, completed=i)
-    seconds2 = time.perf_counter() - started2
-    store.close()
-    b.progress.update(task2, completed=n)
-    return {"rows": n, "batch": batch, "seconds": round(seconds, 3), "rate": _rate(n, seconds), "cpu_s": cpu_s,
-            "method": "raw COPY of pre-formatted text (OrderStore._copy_line, built before the clock) into "
-                      "orders_staging + pipeline.store._INSERT (ON CONFLICT DO NOTHING + customer_stats), "
-                      "one transaction per batch, one connection",
-            "store_write": {"seconds": round(seconds2, 3), "rate": _rate(n, seconds2),
-                            "method": "OrderStore.write(batch) on pre-built OrderRows (formats COPY lines in "
-                                      "Python), same batch size"}}
-
+from pipeline.store import OrderStore
 
 # -- the producer alone --------------------------------------------------------------------------
 
@@ -295,8 +91,8 @@ def pipeline_producer(b: Bench) -> Result:
     first = _first_timestamp(bootstrap, ORDERS_TOPIC, PARTITIONS)
     in_topic = _end_offsets(bootstrap, ORDERS_TOPIC, PARTITIONS)
     return {"orders": n, "in_topic": in_topic, "wall_seconds": round(wall_end - wall_start, 3),
-            "wall_rate": _rate(n, wall_end - wall_start), "seconds": round(wall_end - first, 3),
-            "rate": _rate(n, wall_end - first), "startup_seconds": round(first - wall_start, 3), "cpu_s": cpu_s,
+            "wall_rate": rate(n, wall_end - wall_start), "seconds": round(wall_end - first, 3),
+            "rate": rate(n, wall_end - first), "startup_seconds": round(first - wall_start, 3), "cpu_s": cpu_s,
             "method": "subprocess python -m pipeline.producer (PRODUCER_RATE=0, PRODUCER_MAX_ORDERS=N); rate = "
                       "N / (process exit - CreateTime of the first message), i.e. generation + serialization + "
                       "produce + final flush, without interpreter start-up (wall_rate includes it)"}
@@ -347,9 +143,9 @@ def _drain(b: Bench, label: str, module: str, processes: int, target: int, extra
     if got < target:
         raise RuntimeError(f"{label}: {got} of {target} rows after {timeout:.0f}s\n{b.infra.log_tail(label + '-1')}")
     consumer_cpu = sum(v for k, v in cpu_s.items() if k.startswith("consumer_"))
-    return {"processes": processes, "orders": span.rows, "rate": round(span.rate or _rate(span.rows, drained), 1),
+    return {"processes": processes, "orders": span.rows, "rate": round(span.rate or rate(span.rows, drained), 1),
             "seconds_first_to_last_row": round(span.seconds, 3), "wall_seconds_from_spawn": round(drained, 2),
-            "wall_rate_from_spawn": _rate(span.rows, drained), "exit_codes": codes, "cpu_s": cpu_s,
+            "wall_rate_from_spawn": rate(span.rows, drained), "exit_codes": codes, "cpu_s": cpu_s,
             "processes_that_wrote": n_writers, "per_process": per_writer,
             "rate_all_active": round(all_active, 1) if all_active is not None else None,
             "consumer_cpu_ms_per_order": round(1000 * consumer_cpu / max(1, span.rows), 4)}
@@ -430,7 +226,7 @@ def latency(b: Bench) -> Result:
         b.latencies_ms = [1000 * v for (v,) in cur.fetchall()]
     conn.close()
     return {"orders": int(count), "target_rate": s.latency_rate, "seconds": s.latency_seconds,
-            "achieved_rate": _rate(int(count), float(produce_span)), "consumers": s.latency_consumers,
+            "achieved_rate": rate(int(count), float(produce_span)), "consumers": s.latency_consumers,
             "group_settle_seconds": round(settle, 2),
             "p50_ms": round(1000 * p50, 2), "p95_ms": round(1000 * p95, 2), "p99_ms": round(1000 * p99, 2),
             "max_ms": round(1000 * float(worst), 2), "mean_ms": round(1000 * float(mean), 2), "cpu_s": cpu_s,

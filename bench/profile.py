@@ -22,9 +22,9 @@ from pathlib import Path
 
 from loguru import logger
 
+from bench.context import ORDERS_TOPIC, SEED
 from bench.infra import BenchInfra, private_infra
 from bench.measure import RowCounter, wait_for
-from bench.phases import ORDERS_TOPIC, SEED
 from pipeline.kafka_admin import ensure_topics
 
 

@@ -33,7 +33,6 @@ from pipeline.settings import Settings
 from pipeline.store import OrderStore, WriteResult
 
 STATS_EVERY = 10.0
-_BROKER_DOWN = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
 
 
 def consumer_config(settings: Settings, client_id: str) -> dict[str, str | int | bool]:
@@ -76,7 +75,6 @@ class OrderConsumer:
         self._last_commit_try = 0.0
         self.totals = {"batches": 0, "inserted": 0, "duplicates": 0, "dead": 0}
         self._last_stats = time.monotonic()
-        self._last_broker_warning = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -242,20 +240,16 @@ class OrderConsumer:
     # -- helpers --------------------------------------------------------------------------------
 
     def _without_errors(self, messages: Sequence[Message[bytes, bytes]]) -> list[Message[bytes, bytes]]:
+        """The messages; error events go to the same rate-limited log as the client's error_cb."""
         good = []
         for msg in messages:
             err = msg.error()
             if err is None:
                 good.append(msg)
-            elif err.fatal():
-                raise FatalError(f"Kafka client fatal error: {err.str()}")
-            elif err.code() in _BROKER_DOWN:
-                now = time.monotonic()
-                if now - self._last_broker_warning > 10:
-                    logger.warning("Kafka broker unavailable ({}); the client keeps retrying", err.str())
-                    self._last_broker_warning = now
             else:
-                logger.warning("consumer error: {}", err.str())
+                self.kafka_errors(err)
+                if self.kafka_errors.fatal:
+                    raise FatalError(self.kafka_errors.fatal)
         return good
 
     def _log_stats(self) -> None:

@@ -92,51 +92,47 @@ class OrderGenerator:
     def __init__(self, seed: int | None) -> None:
         self._random = random.Random(seed).random
 
-    def next_order(self, order_id: str, created_at: datetime) -> Order:
-        """An order for a pool customer with 1-5 distinct menu items, quantity 1-3 each."""
+    def _draw(self) -> tuple[int, list[tuple[int, int]], float]:
+        """One order's random draws: customer index, (menu index, quantity index) lines, rounded total."""
         r = self._random
-        customer = CUSTOMERS[int(r() * len(CUSTOMERS))]
+        customer = int(r() * len(CUSTOMERS))
         picks = list(range(len(MENU)))
-        items = []
+        lines = []
         total = 0.0
         for i in range(1 + int(r() * 5)):
             # Partial Fisher-Yates: distinct items without rejection sampling.
             j = i + int(r() * (len(picks) - i))
             picks[i], picks[j] = picks[j], picks[i]
-            line = _LINES[picks[i]][int(r() * 3)]
-            items.append(line)
-            total += line.subtotal
+            q = int(r() * 3)
+            lines.append((picks[i], q))
+            total += _LINES[picks[i]][q].subtotal
+        return customer, lines, round(total, 2)
+
+    def next_order(self, order_id: str, created_at: datetime) -> Order:
+        """An order for a pool customer with 1-5 distinct menu items, quantity 1-3 each."""
+        c, lines, total = self._draw()
+        customer = CUSTOMERS[c]
         return Order(
             order_id=order_id,
             customer_id=customer.customer_id,
             customer_name=customer.name,
             customer_email=customer.email,
-            items=tuple(items),
-            total_amount=round(total, 2),
+            items=tuple(_LINES[m][q] for m, q in lines),
+            total_amount=total,
             status="pending",
             created_at=created_at,
         )
 
-
     def next_order_json(self, order_id: str, created_at: datetime) -> tuple[bytes, bytes]:
         """(key, value) of the order `next_order` would give, encoded straight to JSON bytes.
 
-        Same random draws in the same order, same bytes as `encode_order(next_order(...))`: only faster.
+        Same random draws, same bytes as `encode_order(next_order(...))`: only faster.
         """
-        r = self._random
-        c = int(r() * len(CUSTOMERS))
-        picks = list(range(len(MENU)))
-        parts = []
-        total = 0.0
-        for i in range(1 + int(r() * 5)):
-            j = i + int(r() * (len(picks) - i))
-            picks[i], picks[j] = picks[j], picks[i]
-            q = int(r() * 3)
-            parts.append(_LINES_JSON[picks[i]][q])
-            total += _LINES[picks[i]][q].subtotal
+        c, lines, total = self._draw()
+        parts = [_LINES_JSON[m][q] for m, q in lines]
         value = b"".join((
             b'{"order_id":"', order_id.encode(), _CUSTOMER_JSON[c], b",".join(parts), b'],"total_amount":',
-            _encode(round(total, 2)), b',"status":"pending","created_at":', _encode(created_at), b"}",
+            _encode(total), b',"status":"pending","created_at":', _encode(created_at), b"}",
         ))
         return CUSTOMER_KEYS[c], value
 

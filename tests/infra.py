@@ -8,17 +8,16 @@ PostgreSQL containers (needs a reachable Docker engine and its image registry).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
+import pytest
 
-from pipeline.services import LocalServices, ServicesConfig, free_port
+from pipeline.services import LocalServices, ManagedProcess
+from pipeline.services.ephemeral import ephemeral_services
 from pipeline.store import create_database
 
 
@@ -30,6 +29,19 @@ class Infra:
     database_url: str  # the admin-capable URL of the pipeline role (it owns its databases)
     services: LocalServices | None
     state_dir: Path | None
+
+    @contextmanager
+    def server(self, name: str) -> Iterator[ManagedProcess]:
+        """One of the local servers ("kafka", "postgres"), for a test that stops it; running again
+        afterwards whatever the test did. Skips under testcontainers, whose servers we cannot stop."""
+        if self.services is None:
+            pytest.skip(f"stopping {name} needs the local backend")
+        server: ManagedProcess = getattr(self.services, name)()
+        try:
+            yield server
+        finally:
+            if server.pid() is None:
+                server.start(timeout=120)
 
     def new_database(self) -> str:
         """A fresh, empty database owned by the pipeline role; returns its URL."""
@@ -45,30 +57,10 @@ class Infra:
 
 @contextmanager
 def local_infra(kafka_mode: str = "zookeeper") -> Iterator[Infra]:
-    root = Path(tempfile.mkdtemp(prefix="food-orders-test-"))
-    os.chmod(root, 0o755)  # the postgres account must reach its data dir inside
-    config = ServicesConfig.from_env({
-        "PIPELINE_STATE_DIR": str(root),
-        "PIPELINE_PREFIX": os.environ.get("PIPELINE_PREFIX", ".local"),
-        "PIPELINE_KAFKA_MODE": kafka_mode,
-        "PIPELINE_ZOOKEEPER_PORT": str(free_port()),
-        "PIPELINE_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-        "DATABASE_URL": f"postgresql://pipeline:{uuid.uuid4().hex}@127.0.0.1:{free_port()}/pipeline",
-    })
-    config = ServicesConfig(**{**config.__dict__, "kafka_heap": "768m"})
-    services = LocalServices(config)
-    try:
-        services.start(timeout=120, say=lambda line: None)
-        with psycopg2.connect(config.database_url) as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        # CREATEDB lets each test have its own database.
-        services._psql(f'ALTER ROLE "{config.db_user}" CREATEDB')
-        yield Infra(config.bootstrap_servers, config.database_url, services, root)
-    finally:
-        services.stop(timeout=60, say=lambda line: None)
-        if os.environ.get("PIPELINE_TEST_KEEP_STATE") != "1":
-            shutil.rmtree(root, ignore_errors=True)
+    keep = os.environ.get("PIPELINE_TEST_KEEP_STATE") == "1"
+    with ephemeral_services("test", kafka_mode, kafka_heap="768m", keep_state=keep) as services:
+        c = services.config
+        yield Infra(c.bootstrap_servers, c.database_url, services, c.state_dir)
 
 
 @contextmanager

@@ -279,7 +279,8 @@ class LocalServices:
                 "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
             )
 
-    def _psql(self, sql: str, *, db: str = "postgres") -> str:
+    def psql(self, sql: str, *, db: str = "postgres") -> str:
+        """Run SQL as the cluster's superuser over the private socket; returns the unaligned output."""
         d = self.root / "postgres"
         run_as = RunAs.postgres_if_root()
         out = subprocess.run(
@@ -305,11 +306,11 @@ class LocalServices:
         if not c.db_password:
             raise ServiceError("DATABASE_URL has no password: run bin/setup (it writes one into .env)")
         user, password, db = c.db_user, c.db_password.replace("'", "''"), c.db_name
-        exists = self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'")
+        exists = self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'")
         verb = "ALTER" if exists == "1" else "CREATE"
-        self._psql(f'{verb} ROLE "{user}" LOGIN PASSWORD \'{password}\'')
-        if self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'") != "1":
-            self._psql(f'CREATE DATABASE "{db}" OWNER "{user}"')
+        self.psql(f'{verb} ROLE "{user}" LOGIN PASSWORD \'{password}\'')
+        if self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'") != "1":
+            self.psql(f'CREATE DATABASE "{db}" OWNER "{user}"')
 
 
 def postgres_bin(name: str) -> Path:

@@ -87,20 +87,18 @@ def test_row_round_trips_through_postgres(database_url: str) -> None:
 
 
 def test_client_recovers_after_broker_restart(infra: Infra, topic_name: str) -> None:
-    if infra.services is None:
-        pytest.skip("restarting the broker needs the local backend")
     create_topic(infra.bootstrap_servers, topic_name, partitions=1)
     producer = Producer({"bootstrap.servers": infra.bootstrap_servers, "enable.idempotence": True,
                          "message.timeout.ms": 120000})
     producer.produce(topic_name, b"before")
     assert producer.flush(30) == 0
 
-    kafka = infra.services.kafka()
-    old_pid = kafka.pid()
-    assert kafka.stop(timeout=60)
-    producer.produce(topic_name, b"during")  # queued while the broker is down
-    producer.poll(1)
-    new_pid = kafka.start(timeout=120)
+    with infra.server("kafka") as kafka:
+        old_pid = kafka.pid()
+        assert kafka.stop(timeout=60)
+        producer.produce(topic_name, b"during")  # queued while the broker is down
+        producer.poll(1)
+        new_pid = kafka.start(timeout=120)
     assert new_pid != old_pid
     assert producer.flush(120) == 0
 

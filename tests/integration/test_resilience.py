@@ -63,36 +63,29 @@ def test_five_consumers_on_three_partitions_leave_two_idle(pipe: PipelineEnv) ->
 
 
 def test_postgres_outage_pauses_without_commits_and_recovers_alone(infra: Infra, pipe: PipelineEnv) -> None:
-    if infra.services is None:
-        pytest.skip("stopping PostgreSQL needs the local backend")
     create_topic(pipe)
-    postgres = infra.services.postgres()
     consumer = pipe.start("consumer", "consumer")
     producer = pipe.start("producer", "producer", PRODUCER_RATE="300", PRODUCER_MAX_ORDERS="0")
-    try:
-        with running(consumer, producer):
-            wait_for(lambda: pipe.row_count() > 500, 60, "orders flowing")
-            assert postgres.stop(timeout=30)
-            wait_for(lambda: "pausing" in pipe.log("consumer"), 30, "the consumer to pause")
-            committed_at_outage = pipe.committed()
-            client_ids = [cid for cid, _ in pipe.members()]
-            outage_end = time.monotonic() + 30
-            while time.monotonic() < outage_end:
-                assert consumer.poll() is None, "the consumer must not exit while PostgreSQL is down"
-                members = pipe.members()
-                assert [cid for cid, _ in members] == client_ids, "membership must hold"
-                assert sorted(p for _, parts in members for p in parts) == [0, 1, 2]
-                assert pipe.committed() == committed_at_outage, "nothing may be committed"
-                time.sleep(2)
-            postgres.start(timeout=60)
-            assert stop(producer) == 0
-            produced = sum(pipe.end_offsets().values())
-            wait_for(lambda: pipe.row_count() == produced, 90, "catching up after the outage")
-            wait_for(lambda: pipe.lag() == 0, 60, "lag 0")
-            assert stop(consumer) == 0
-    finally:
-        if postgres.pid() is None:
-            postgres.start(timeout=60)
+    with infra.server("postgres") as postgres, running(consumer, producer):
+        wait_for(lambda: pipe.row_count() > 500, 60, "orders flowing")
+        assert postgres.stop(timeout=30)
+        wait_for(lambda: "pausing" in pipe.log("consumer"), 30, "the consumer to pause")
+        committed_at_outage = pipe.committed()
+        client_ids = [cid for cid, _ in pipe.members()]
+        outage_end = time.monotonic() + 30
+        while time.monotonic() < outage_end:
+            assert consumer.poll() is None, "the consumer must not exit while PostgreSQL is down"
+            members = pipe.members()
+            assert [cid for cid, _ in members] == client_ids, "membership must hold"
+            assert sorted(p for _, parts in members for p in parts) == [0, 1, 2]
+            assert pipe.committed() == committed_at_outage, "nothing may be committed"
+            time.sleep(2)
+        postgres.start(timeout=60)
+        assert stop(producer) == 0
+        produced = sum(pipe.end_offsets().values())
+        wait_for(lambda: pipe.row_count() == produced, 90, "catching up after the outage")
+        wait_for(lambda: pipe.lag() == 0, 60, "lag 0")
+        assert stop(consumer) == 0
     assert pipe.stats_consistent()
     log = pipe.log("consumer")
     assert "dependency back; resumed 3 partition(s)" in log
@@ -100,24 +93,17 @@ def test_postgres_outage_pauses_without_commits_and_recovers_alone(infra: Infra,
 
 
 def test_broker_outage_is_logged_and_the_consumer_carries_on(infra: Infra, pipe: PipelineEnv) -> None:
-    if infra.services is None:
-        pytest.skip("stopping the broker needs the local backend")
     create_topic(pipe)
-    kafka = infra.services.kafka()
     consumer = pipe.start("consumer", "consumer")
-    try:
-        with running(consumer):
-            pipe.produce(1_000)
-            wait_for(lambda: pipe.row_count() == 1_000, 60, "first orders stored")
-            assert kafka.stop(timeout=60)
-            wait_for(lambda: "Kafka broker unavailable" in pipe.log("consumer"), 60, "the outage in the log")
-            assert consumer.poll() is None, "the consumer must keep running while the broker is down"
-            kafka.start(timeout=120)
-            pipe.produce(1_000)
-            wait_for(lambda: pipe.row_count() == 2_000, 120, "orders stored after the broker came back")
-            wait_for(lambda: pipe.lag() == 0, 60, "lag 0")
-            assert stop(consumer) == 0
-    finally:
-        if kafka.pid() is None:
-            kafka.start(timeout=120)
+    with infra.server("kafka") as kafka, running(consumer):
+        pipe.produce(1_000)
+        wait_for(lambda: pipe.row_count() == 1_000, 60, "first orders stored")
+        assert kafka.stop(timeout=60)
+        wait_for(lambda: "Kafka broker unavailable" in pipe.log("consumer"), 60, "the outage in the log")
+        assert consumer.poll() is None, "the consumer must keep running while the broker is down"
+        kafka.start(timeout=120)
+        pipe.produce(1_000)
+        wait_for(lambda: pipe.row_count() == 2_000, 120, "orders stored after the broker came back")
+        wait_for(lambda: pipe.lag() == 0, 60, "lag 0")
+        assert stop(consumer) == 0
     assert pipe.stats_consistent()

@@ -1,0 +1,171 @@
+"""The machine's ceilings: raw produce, raw consume, PostgreSQL COPY + INSERT without Kafka."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+import uuid
+
+import psycopg2
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from bench.context import (
+    ORDERS_TOPIC,
+    PARTITIONS,
+    RAW_PRODUCE_RUNS,
+    RAW_TOPIC,
+    Bench,
+    Result,
+    generate,
+    rate,
+)
+from bench.measure import (
+    CpuMeter,
+)
+from pipeline.consumer import consumer_config
+from pipeline.orders import Order, decode_order
+from pipeline.producer import producer_config
+from pipeline.store import _COLUMNS, _INSERT, _STAGING, OrderRow, OrderStore
+
+# -- ceilings ------------------------------------------------------------------------------------
+
+
+def ceiling_produce(b: Bench) -> Result:
+    """(c) Producing pre-serialized order bytes with pipeline.producer.producer_config, in-process."""
+    n = b.sizes.orders
+    b.infra.create_topic(RAW_TOPIC, PARTITIONS)
+    payloads = generate(n)
+    settings = b.infra.settings(KAFKA_TOPIC=RAW_TOPIC)
+    failed = 0
+
+    def on_delivery(err: KafkaError | None, _msg: Message[bytes, bytes]) -> None:
+        nonlocal failed
+        if err is not None:
+            failed += 1
+
+    producer = Producer(producer_config(settings, f"bench-raw-{uuid.uuid4().hex[:6]}"))
+    # Warm-up outside the clock: metadata, connection and the idempotent producer id.
+    producer.produce(RAW_TOPIC, payloads[0][1], payloads[0][0])
+    producer.flush(30)
+    # A run takes about a second, so it is repeated and the median kept (all runs are reported).
+    runs: list[float] = []
+    cpu = CpuMeter(b.server_pids())
+    cpu.start()
+    for attempt in range(RAW_PRODUCE_RUNS):
+        task = b.task(f"ceiling: produce pre-serialized ({attempt + 1}/{RAW_PRODUCE_RUNS})", n)
+        started = time.perf_counter()
+        for i, (key, value) in enumerate(payloads):
+            while True:
+                try:
+                    producer.produce(RAW_TOPIC, value, key, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    producer.poll(0.005)
+            if i % 5_000 == 0:
+                producer.poll(0)
+                b.progress.update(task, completed=i)
+        remaining = producer.flush(120)
+        runs.append(time.perf_counter() - started)
+        b.progress.update(task, completed=n)
+        if remaining or failed:
+            raise RuntimeError(f"raw produce: {remaining} undelivered, {failed} failed")
+    seconds = statistics.median(runs)
+    return {"messages": n, "seconds": round(seconds, 3), "rate": rate(n, seconds),
+            "runs_rate": [rate(n, r) for r in runs],
+            "avg_bytes": round(sum(len(v) for _, v in payloads) / n, 1), "cpu_s": cpu.stop(),
+            "method": f"in-process confluent_kafka.Producer, producer_config() of pipeline.producer, first produce() "
+                      f"to flush() returning; median of {RAW_PRODUCE_RUNS} runs of N messages (cpu_s: all runs)"}
+
+
+def ceiling_consume(b: Bench) -> Result:
+    """(a) Consuming the pre-filled orders topic with no processing (pipeline consumer_config, assign())."""
+    n = b.sizes.orders
+    settings = b.infra.settings(KAFKA_TOPIC=ORDERS_TOPIC, CONSUMER_GROUP_ID=f"bench-raw-{uuid.uuid4().hex[:6]}")
+    consumer = Consumer(consumer_config(settings, settings.client_id()))
+    consumer.list_topics(ORDERS_TOPIC, timeout=10)  # connection + metadata outside the clock
+    task = b.task("ceiling: consume, no processing", n)
+    messages: list[tuple[int, int, bytes, bytes]] = []
+    deadline = time.monotonic() + b.sizes.phase_timeout
+    cpu = CpuMeter(b.server_pids())
+    cpu.start()
+    # assign(), not subscribe(): the clock starts before the first fetch, and no group join is timed.
+    started = time.perf_counter()
+    consumer.assign([TopicPartition(ORDERS_TOPIC, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    while len(messages) < n and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, 1.0):
+            key, value = msg.key(), msg.value()
+            if msg.error() is None and isinstance(key, bytes) and isinstance(value, bytes):
+                messages.append((msg.partition() or 0, msg.offset() or 0, key, value))
+        b.progress.update(task, completed=len(messages))
+    seconds = time.perf_counter() - started
+    cpu_s = cpu.stop()
+    consumer.close()
+    if len(messages) < n:
+        raise RuntimeError(f"raw consume: only {len(messages)} of {n} messages")
+    b.messages = messages
+    return {"messages": n, "seconds": round(seconds, 3), "rate": rate(n, seconds), "cpu_s": cpu_s,
+            "method": "in-process confluent_kafka.Consumer.consume(1000) with consumer_config() of pipeline.consumer, "
+                      "assign() at offset 0 to last message (no group join in the clock); message bytes kept in "
+                      "memory, not decoded"}
+
+
+def ceiling_postgres(b: Bench) -> Result:
+    """(b) PostgreSQL ingesting pre-formatted rows: COPY into staging + the store's INSERT ... ON CONFLICT."""
+    batch = b.sizes.pg_batch
+    rows = []
+    for partition, offset, key, value in b.messages:
+        order = decode_order(key, value)
+        assert isinstance(order, Order)
+        rows.append(OrderRow(order, partition, offset))
+    formatter = OrderStore("postgresql://unused@localhost/unused", "bench-pg-ceiling")
+    chunks = ["".join(formatter._copy_line(r) for r in rows[i:i + batch]) for i in range(0, len(rows), batch)]
+    url = b.infra.new_database("ceiling")
+    OrderStore(url, "bench").migrate()
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute(_STAGING)
+    conn.commit()
+    n = len(rows)
+    task = b.task("ceiling: PostgreSQL COPY + INSERT", n)
+    cpu = CpuMeter(b.server_pids())
+    cpu.start()
+    started = time.perf_counter()
+    inserted = 0
+    with conn.cursor() as cur:
+        for i, text in enumerate(chunks):
+            cur.copy_expert(f"COPY orders_staging ({_COLUMNS}) FROM STDIN", io.StringIO(text))
+            cur.execute(_INSERT)
+            inserted += (cur.fetchone() or (0,))[0]
+            conn.commit()
+            if i % 20 == 0:
+                b.progress.update(task, completed=min(n, (i + 1) * batch))
+    seconds = time.perf_counter() - started
+    cpu_s = cpu.stop()
+    conn.close()
+    b.progress.update(task, completed=n)
+    if inserted != n:
+        raise RuntimeError(f"PostgreSQL ceiling: inserted {inserted} of {n}")
+
+    # For comparison (not a ceiling): OrderStore.write on pre-built OrderRows, i.e. with the Python
+    # formatting of COPY lines that the pipeline does per batch.
+    url2 = b.infra.new_database("storewrite")
+    store = OrderStore(url2, "bench-store-write")
+    store.migrate()
+    store.connect()
+    task2 = b.task("reference: OrderStore.write", n)
+    started2 = time.perf_counter()
+    for i in range(0, n, batch):
+        store.write(rows[i:i + batch])
+        if (i // batch) % 20 == 0:
+            b.progress.update(task2, completed=i)
+    seconds2 = time.perf_counter() - started2
+    store.close()
+    b.progress.update(task2, completed=n)
+    return {"rows": n, "batch": batch, "seconds": round(seconds, 3), "rate": rate(n, seconds), "cpu_s": cpu_s,
+            "method": "raw COPY of pre-formatted text (OrderStore._copy_line, built before the clock) into "
+                      "orders_staging + pipeline.store._INSERT (ON CONFLICT DO NOTHING + customer_stats), "
+                      "one transaction per batch, one connection",
+            "store_write": {"seconds": round(seconds2, 3), "rate": rate(n, seconds2),
+                            "method": "OrderStore.write(batch) on pre-built OrderRows (formats COPY lines in "
+                                      "Python), same batch size"}}

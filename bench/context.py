@@ -1,0 +1,67 @@
+"""What every benchmark phase shares: sizes, the run context, topic names, helpers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.progress import Progress, TaskID
+
+from bench.infra import BenchInfra
+from pipeline.mockdata import OrderGenerator, new_order_id
+
+ORDERS_TOPIC = "bench-orders"
+RAW_TOPIC = "bench-raw"
+LATENCY_TOPIC = "bench-latency"
+PARTITIONS = 3
+SEED = 20_260_101
+RAW_PRODUCE_RUNS = 3
+
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each phase does (flags of the harness)."""
+
+    orders: int = 200_000
+    baseline: int = 10_000
+    baseline_timeout: float = 120.0
+    consumers: tuple[int, ...] = (1, 2, 3)
+    latency_rate: float = 1_000.0
+    latency_seconds: float = 60.0
+    latency_consumers: int = 1
+    pg_batch: int = 500
+    phase_timeout: float = 300.0
+    consumer_env: tuple[tuple[str, str], ...] = ()  # extra environment for pipeline.consumer (experiments)
+    consumer_module: str = "pipeline.consumer"
+
+
+@dataclass
+class Bench:
+    """What every phase needs: the servers, the sizes, the progress display, and shared data."""
+
+    infra: BenchInfra
+    sizes: Sizes
+    progress: Progress
+    messages: list[tuple[int, int, bytes, bytes]] = field(default_factory=list)  # partition, offset, key, value
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def task(self, description: str, total: float) -> TaskID:
+        return self.progress.add_task(description, total=total)
+
+    def server_pids(self) -> dict[str, int | None]:
+        s = self.infra.services
+        return {"kafka": s.kafka().pid(), "zookeeper": s.zookeeper().pid(), "postgres": s.postgres().pid(),
+                "harness": os.getpid()}
+
+
+def rate(n: float, seconds: float) -> float:
+    return round(n / seconds, 1) if seconds > 0 else 0.0
+
+
+def generate(n: int) -> list[tuple[bytes, bytes]]:
+    gen = OrderGenerator(SEED)
+    return [gen.next_order_json(new_order_id(), datetime.now(UTC)) for _ in range(n)]
