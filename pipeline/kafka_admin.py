@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -15,8 +14,9 @@ from loguru import logger
 
 from pipeline.errors import FatalError, RetryableError
 from pipeline.logs import kafka_logger
-from pipeline.settings import REPO, Settings, load_settings
+from pipeline.settings import Settings, kafka_lib, load_settings
 
+JAVA_TOOLS = Path(__file__).resolve().parent / "java"  # package data: the Admin-API helper
 RETENTION_MS = str(7 * 24 * 3600 * 1000)
 _NOT_READY = {KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.NOT_CONTROLLER, KafkaError._TIMED_OUT,
               KafkaError.REQUEST_TIMED_OUT}
@@ -130,7 +130,7 @@ def release_static_members(process_names: list[str], settings: Settings | None =
 
     Static members never leave on their own (that is what lets a restarted process keep its
     partitions) and confluent-kafka has no binding for the Admin call, so Kafka's Java Admin client
-    does it, from the installed jars (deploy/kafka/RemoveStaticMembers.java)."""
+    does it, from the installed jars (pipeline/java/RemoveStaticMembers.java)."""
     settings = settings or load_settings()
     if not process_names:
         return []
@@ -141,11 +141,9 @@ def release_static_members(process_names: list[str], settings: Settings | None =
     present = sorted(wanted & _static_members(settings))
     if not present:  # Kafka unreachable, or their sessions already ended
         return []
-    prefix = Path(os.environ.get("PIPELINE_PREFIX", ".local"))
-    lib = (REPO / prefix if not prefix.is_absolute() else prefix) / "kafka" / "lib"
     cmd = ["java", "-Xmx128m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
-           f"-Dlog4j.configuration=file:{REPO / 'deploy' / 'kafka' / 'tools-log4j.properties'}",
-           "-cp", f"{lib}/*", str(REPO / "deploy" / "kafka" / "RemoveStaticMembers.java"),
+           f"-Dlog4j.configuration=file:{JAVA_TOOLS / 'tools-log4j.properties'}",
+           "-cp", f"{kafka_lib()}/*", str(JAVA_TOOLS / "RemoveStaticMembers.java"),
            settings.kafka_bootstrap_servers, settings.consumer_group_id,
            *present]
     try:

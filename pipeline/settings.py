@@ -14,6 +14,8 @@ from dotenv import dotenv_values
 
 from pipeline.errors import SettingsError
 
+# The checkout (an editable install) or, on an installed host, the venv's site-packages: only the
+# defaults below use it; an installed host names its files with PIPELINE_ENV_FILE and PIPELINE_PREFIX.
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
@@ -63,6 +65,12 @@ class Settings:
 
 def client_id(prefix: str, hostname: str | None = None, pid: int | None = None) -> str:
     return f"{prefix}-{hostname or socket.gethostname()}-{pid if pid is not None else os.getpid()}"
+
+
+def kafka_lib() -> Path:
+    """Where the Kafka jars are: $PIPELINE_PREFIX/kafka/lib (relative paths from the checkout)."""
+    prefix = Path(os.environ.get("PIPELINE_PREFIX", ".local"))
+    return (prefix if prefix.is_absolute() else REPO / prefix) / "kafka" / "lib"
 
 
 def environment(env: Mapping[str, str] | None = None, env_file: Path | None = None) -> dict[str, str]:
