@@ -2,8 +2,10 @@
 
 Generates mock orders at PRODUCER_RATE orders/s (0 = as fast as possible) for PRODUCER_MAX_ORDERS
 orders (0 = forever), keyed by customer_id with the Java client's partitioner (murmur2_random), and
-idempotent. Every delivery report is counted; a message the broker did not take is produced again
-(the order_id makes a repeat harmless downstream). SIGTERM: stop generating, flush, exit 0.
+idempotent. An order the client refuses for now (broker restarting, topic briefly unknown, queue
+full) waits in a local FIFO backlog and every later order waits behind it, so nothing is dropped or
+reordered; generation pauses while MAX_PENDING orders are undelivered. SIGTERM: stop generating,
+flush, exit 0 (1 if orders are still undelivered after FLUSH_TIMEOUT).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
+from typing import TYPE_CHECKING, Protocol
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from loguru import logger
 
 from pipeline import runtime
@@ -26,6 +31,33 @@ from pipeline.settings import Settings
 
 LOG_EVERY = 5.0
 FLUSH_TIMEOUT = 30.0
+MAX_PENDING = 100_000  # orders in the client's queue + the local backlog; generation waits at this many
+RETRY_WAIT = 0.02  # poll() timeout while orders wait for Kafka: retry soon, without spinning
+BATCH = 1_000  # orders generated between two polls at most (back-pressure and SIGTERM act between)
+WARN_EVERY = 30.0  # at most one "orders wait for Kafka" warning per this many seconds
+
+# produce() errors that pass by themselves: broker down or restarting, topic or partition briefly
+# unknown (a restarted broker can answer metadata before it knows its topics), queue full.
+TRANSIENT = frozenset({
+    KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._QUEUE_FULL, KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT, KafkaError._RESOLVE, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.BROKER_NOT_AVAILABLE, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NETWORK_EXCEPTION, KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+})
+
+Order = tuple[bytes, bytes]  # (key, value)
+if TYPE_CHECKING:
+    DeliveryCallback = Callable[[KafkaError | None, Message[bytes, bytes]], None]
+
+
+class ProducerClient(Protocol):
+    """What OrderProducer uses of confluent_kafka.Producer (the unit tests pass a fake)."""
+
+    def produce(self, topic: str, value: bytes, key: bytes, *, on_delivery: DeliveryCallback) -> None: ...
+    def poll(self, timeout: float) -> int: ...
+    def flush(self, timeout: float) -> int: ...
+    def __len__(self) -> int: ...
 
 
 def producer_config(settings: Settings, client_id: str) -> dict[str, str | int | bool]:
@@ -46,21 +78,38 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, str | int |
         "delivery.report.only.error": True,
         # Partitions added to the topic are picked up within seconds, without a restart.
         "topic.metadata.refresh.interval.ms": 5_000,
+        "queue.buffering.max.messages": MAX_PENDING,  # the default, stated: generation waits at it
     }
 
 
+def refusal(e: KafkaException) -> str:
+    """Why produce() refused an order, when waiting can fix it; FatalError when it cannot."""
+    err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+    if err is None:
+        raise FatalError(f"produce failed: {e}") from e
+    if err.fatal() or err.code() == KafkaError._FATAL:
+        raise FatalError(f"producer fatal error: {err.str()}") from e
+    if err.code() in TRANSIENT or err.retriable():
+        return f"{err.name()}: {err.str()}"
+    # Too large, invalid argument, ...: the same order would be refused forever and block all behind it.
+    raise FatalError(f"Kafka refused an order for good ({err.name()}: {err.str()})") from e
+
+
 class OrderProducer:
-    def __init__(self, settings: Settings, client_id: str) -> None:
+    def __init__(self, settings: Settings, client_id: str, kafka: ProducerClient | None = None) -> None:
         self.settings = settings
         self.kafka_errors = KafkaErrorLog()
-        self.kafka = Producer({**producer_config(settings, client_id), "error_cb": self.kafka_errors},
-                              logger=kafka_logger())
+        self.kafka: ProducerClient = kafka if kafka is not None else Producer(
+            {**producer_config(settings, client_id), "error_cb": self.kafka_errors}, logger=kafka_logger())
         self.generator = OrderGenerator(settings.producer_seed)
         self.stopping = False
         self.produced = 0  # orders generated
-        self.sent = 0  # produce() calls, re-sends included
+        self.sent = 0  # orders the client took (produce() calls that returned), re-sends included
         self.failed = 0  # delivery reports with an error (each one is sent again)
-        self.retry: list[tuple[bytes, bytes]] = []
+        self.backlog: deque[Order] = deque()  # orders the client has not taken yet, oldest first
+        self.retry: list[Order] = []  # failed deliveries reported by the current poll, in report order
+        self.waiting_since: float | None = None  # orders wait for Kafka since (monotonic), None = flowing
+        self.warned_at = -WARN_EVERY
 
     def run(self) -> int:
         topic, rate, limit = self.settings.kafka_topic, self.settings.producer_rate, self.settings.producer_max_orders
@@ -70,38 +119,76 @@ class OrderProducer:
             if self.kafka_errors.fatal:
                 raise FatalError(self.kafka_errors.fatal)
             now = time.monotonic()
-            due = limit - self.produced if limit else 1_000
+            due = min(limit - self.produced, BATCH) if limit else BATCH
             if rate > 0:
                 due = min(due, int((now - started) * rate) + 1 - self.produced)
-            self._resend_failed(topic)
+            if self.backlog:
+                self._drain(topic)
+            room = MAX_PENDING - len(self.kafka) - len(self.backlog)
+            blocked = due > room
+            if blocked:  # back-pressure: generate only what Kafka's queue and the backlog can hold
+                due = room
+                self._waiting(f"{MAX_PENDING - room} orders undelivered; order generation paused")
             for _ in range(max(0, due)):
                 self._produce_one(topic)
+            if self.waiting_since is not None and not blocked and not self.backlog:
+                self._flowing()
             if now - last_log >= LOG_EVERY:
                 self._log_rate((self.produced - last_count) / (now - last_log))
                 last_log, last_count = now, self.produced
             wait = 0.0 if rate == 0 else max(0.0, started + (self.produced + 1) / rate - time.monotonic())
-            self.kafka.poll(min(wait, 0.1))
+            if blocked or self.backlog:
+                wait = max(wait, RETRY_WAIT)
+            self._poll(min(wait, 0.1))
         return self._finish()
 
     def _produce_one(self, topic: str) -> None:
         key, value = self.generator.next_order_json(new_order_id(), datetime.now(UTC))
-        self._send(topic, key, value)
         self.produced += 1
+        if self.backlog or not self._send(topic, key, value):  # never overtake an order still waiting
+            self.backlog.append((key, value))
 
     @property
     def delivered(self) -> int:
         return self.sent - len(self.kafka) - self.failed
 
-    def _send(self, topic: str, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self.kafka.produce(topic, value, key, on_delivery=self._on_delivery)
-                self.sent += 1
+    def _send(self, topic: str, key: bytes, value: bytes) -> bool:
+        """Hand one order to the client; False if it refused it for now (the caller keeps it)."""
+        try:
+            self.kafka.produce(topic, value, key, on_delivery=self._on_delivery)
+        except BufferError:  # the client's queue is full (its byte limit; MAX_PENDING caps the count)
+            self._waiting("the client's queue is full")
+            return False
+        except KafkaException as e:
+            self._waiting(refusal(e))
+            return False
+        self.sent += 1
+        return True
+
+    def _drain(self, topic: str) -> None:
+        """Hand the backlog to the client, oldest first, until it refuses one."""
+        backlog = self.backlog
+        while backlog:
+            key, value = backlog[0]
+            if not self._send(topic, key, value):
                 return
-            except BufferError:  # local queue full: serve delivery reports, then try again
-                self.kafka.poll(0.05)
+            backlog.popleft()
+
+    def _poll(self, timeout: float) -> None:
+        self.kafka.poll(timeout)
+        self._requeue_failed()
 
     def _on_delivery(self, err: KafkaError | None, msg: Message[bytes, bytes]) -> None:
+        # With idempotence and message.timeout.ms=0 librdkafka retries transient errors itself, in
+        # order; it reports a failure only when (a) the error is fatal: FatalError; (b) the broker
+        # refuses the message for good (too large, not authorized): re-sending repeats the failure, in
+        # the log; (c) metadata says the topic does not exist (a restarted broker can say so before
+        # it has loaded its metadata): every queued message of the topic fails at once, in queue order,
+        # and produce() raises _UNKNOWN_TOPIC until the topic is back. A failed message is older than
+        # everything in the backlog (the client only ever gets the backlog's head, or new orders while
+        # it is empty), so failures go back to the front of the backlog in report order and are sent
+        # again before any newer order. Not covered (not seen in (c)): failures of one partition
+        # reported out of queue order, or an earlier message failing while a later one goes through.
         if err is None:
             return
         self.failed += 1
@@ -110,24 +197,47 @@ class OrderProducer:
         key, value = msg.key(), msg.value()
         if isinstance(key, bytes) and isinstance(value, bytes):
             self.retry.append((key, value))
-        if self.failed == 1 or self.failed % 1000 == 0:
-            logger.warning("delivery failed ({}), {} so far; producing them again", err.str(), self.failed)
+        self._waiting(f"delivery failed: {err.str()}; producing them again")
 
-    def _resend_failed(self, topic: str) -> None:
-        retry, self.retry = self.retry, []
-        for key, value in retry:
-            self._send(topic, key, value)
+    def _requeue_failed(self) -> None:
+        if self.retry:
+            self.backlog.extendleft(reversed(self.retry))
+            self.retry.clear()
+
+    def _waiting(self, why: str) -> None:
+        """Orders wait for Kafka: one warning (at most one per WARN_EVERY), not one per order or retry."""
+        if self.waiting_since is not None:
+            return
+        self.waiting_since = now = time.monotonic()
+        if now - self.warned_at >= WARN_EVERY:
+            self.warned_at = now
+            logger.warning("orders wait for Kafka ({}); they are kept in order and sent when it takes them", why)
+
+    def _flowing(self) -> None:
+        since, self.waiting_since = self.waiting_since, None
+        if since is not None and self.warned_at >= since:
+            logger.info("Kafka takes orders again, after {:.1f}s", time.monotonic() - since)
 
     def _log_rate(self, rate: float) -> None:
-        logger.info("produced {} ({:.0f}/s), delivered {}, failed {}, in flight {}",
-                    self.produced, rate, self.delivered, self.failed, len(self.kafka))
+        logger.info("produced {} ({:.0f}/s), delivered {}, failed {}, in flight {}, waiting {}",
+                    self.produced, rate, self.delivered, self.failed, len(self.kafka), len(self.backlog))
 
     def _finish(self) -> int:
+        topic = self.settings.kafka_topic
         deadline = time.monotonic() + FLUSH_TIMEOUT
-        while (len(self.kafka) or self.retry) and time.monotonic() < deadline:
-            self._resend_failed(self.settings.kafka_topic)
-            self.kafka.flush(max(0.0, min(1.0, deadline - time.monotonic())))
-        undelivered = len(self.kafka) + len(self.retry)
+        while (self.backlog or len(self.kafka)) and time.monotonic() < deadline:
+            if self.kafka_errors.fatal:
+                raise FatalError(self.kafka_errors.fatal)
+            self._drain(topic)
+            remaining = max(0.0, deadline - time.monotonic())
+            if self.backlog:  # flush() would return at once with the client's queue empty
+                self._poll(min(RETRY_WAIT, remaining))
+            else:
+                self.kafka.flush(min(1.0, remaining))
+                self._requeue_failed()
+        if not self.backlog:
+            self._flowing()
+        undelivered = len(self.kafka) + len(self.backlog)
         logger.info("stopped: produced {}, delivered {}, delivery failures retried {}, undelivered {}",
                     self.produced, self.delivered, self.failed, undelivered)
         return 0 if undelivered == 0 else 1
