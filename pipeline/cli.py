@@ -26,6 +26,7 @@ from rich.table import Table
 from pipeline import ops
 from pipeline.errors import PipelineError
 from pipeline.kafka_admin import ensure_topics, grow_partitions, release_static_members, topic_partition_count
+from pipeline.keeper import keeper_process
 from pipeline.logs import setup_logging
 from pipeline.logtail import follow, merged_tail
 from pipeline.services import LocalServices, ServiceError, ServicesConfig
@@ -35,34 +36,51 @@ console = Console()
 
 
 def cmd_services(args: argparse.Namespace, _settings: Settings) -> int:
-    services = LocalServices(ServicesConfig.from_env())
+    config = ServicesConfig.from_env()
+    services = LocalServices(config)
+    keeper = keeper_process(config)
     if args.action == "start":
         services.start(timeout=args.timeout)
     elif args.action == "stop":
+        if keeper.pid() is not None:
+            raise PipelineError("the keeper runs and would start them again: bin/pipeline down")
         services.stop()
     else:
-        for name, pid, where in services.status():
+        for name, pid, where in [("keeper", keeper.pid(), "restarts what dies (bin/pipeline up)"),
+                                 *services.status()]:
             state = f"running  pid {pid:<7}" if pid else "stopped           "
             print(f"{name:<10} {state} {where}")
     return 0
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    LocalServices(ServicesConfig.from_env()).start(timeout=args.timeout)
+    """Start the keeper, which starts the servers and supervisord and restarts whatever dies."""
+    keeper = keeper_process(ServicesConfig.from_env())
+    running = keeper.pid()
+    if running is None and ops.supervisord_running():
+        raise PipelineError("supervisord runs without the keeper (started by hand?): bin/pipeline down first")
+    print(f"keeper {'already running' if running else 'starting'}: servers, then supervisord "
+          f"(log {keeper.log_file})")
+    keeper.start(timeout=args.timeout)
     ensure_topics(settings)
-    already = ops.supervisord_running()
-    ops.start_supervisord()
-    print(f"supervisord {'already running' if already else 'started'} ({ops.SUPERVISORD_CONF}, "
-          f"socket {ops.SOCKET})")
+    for name, pid, where in LocalServices(ServicesConfig.from_env()).status():
+        print(f"  {name:<22} {'running' if pid else 'STOPPED':<9} pid {pid or '-':<7} {where}")
+    print(f"supervisord ({ops.supervisord_paths().conf}, socket {ops.supervisord_paths().socket})")
     for p in ops.processes() or []:
         print(f"  {p['name']:<22} {p['state']:<9} pid {p['pid'] or '-'}")
     return 0
 
 
 def cmd_down(args: argparse.Namespace, _settings: Settings) -> int:
+    config = ServicesConfig.from_env()
+    keeper = keeper_process(config)
+    if keeper.pid() is not None:
+        keeper.stop(timeout=240)
+        print("keeper: programs stopped, supervisord shut down, servers stopped")
+        return 0
     print("supervisord: programs stopped, supervisord shut down" if ops.stop_supervisord()
           else "supervisord: not running")
-    LocalServices(ServicesConfig.from_env()).stop()
+    LocalServices(config).stop()
     return 0
 
 
@@ -194,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("up", cmd_up, "install what is missing, start services, supervisord and the programs")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each server")
+    p = add("up", cmd_up, "install what is missing; start the keeper: servers, supervisord, programs, kept running")
+    p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for everything to answer")
     add("down", cmd_down, "stop the programs gracefully, supervisord, then the services")
     add("status", cmd_status, "one view of the host").add_argument("--json", action="store_true")
     p = add("scale", cmd_scale, "set the number of consumer processes")

@@ -6,12 +6,15 @@ and a part that cannot be reached (supervisord down, Kafka down) is reported, no
 
 from __future__ import annotations
 
+import configparser
 import os
 import socket
 import subprocess
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +25,48 @@ from pipeline.errors import FatalError
 from pipeline.kafka_admin import admin_client, group_lag, topic_partition_count
 from pipeline.settings import REPO, Settings
 
-# Another supervisord (a test, a second "host") is addressed with PIPELINE_SUPERVISORD_CONF.
-SUPERVISORD_CONF = Path(os.environ.get("PIPELINE_SUPERVISORD_CONF", REPO / "supervisord.conf")).resolve()
-VAR = SUPERVISORD_CONF.parent / "var"  # supervisord.conf keeps its socket, pid and logs under %(here)s/var
-SOCKET = VAR / "run" / "supervisor.sock"
+
+@dataclass(frozen=True)
+class SupervisordPaths:
+    """Where one supervisord keeps its socket, pid file and logs, read from its config file, so a
+    checkout (`var/` next to supervisord.conf) and an installed host (/run, /var/log) look the same."""
+
+    conf: Path
+    socket: Path
+    pidfile: Path
+    logfile: Path
+    childlogdir: Path
+
+    @staticmethod
+    def read(conf: Path) -> SupervisordPaths:
+        parser = configparser.RawConfigParser()
+        if not parser.read(conf):
+            raise FatalError(f"supervisord config {conf} not found (PIPELINE_SUPERVISORD_CONF)")
+
+        def path(section: str, key: str, default: str) -> Path:
+            raw = parser.get(section, key, fallback=default).split(";")[0].strip()
+            return Path(raw.replace("%(here)s", str(conf.parent))).resolve()
+
+        var = str(conf.parent / "var")
+        return SupervisordPaths(
+            conf=conf,
+            socket=path("unix_http_server", "file", f"{var}/run/supervisor.sock"),
+            pidfile=path("supervisord", "pidfile", f"{var}/run/supervisord.pid"),
+            logfile=path("supervisord", "logfile", f"{var}/log/supervisord.log"),
+            childlogdir=path("supervisord", "childlogdir", f"{var}/log"),
+        )
 
 
-def supervisor_env() -> dict[str, str]:
-    """supervisord and supervisorctl import our plugins from the checkout."""
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+def supervisord_paths() -> SupervisordPaths:
+    """The supervisord this command drives: $PIPELINE_SUPERVISORD_CONF, else the checkout's."""
+    return SupervisordPaths.read(Path(os.environ.get("PIPELINE_SUPERVISORD_CONF", REPO / "supervisord.conf")).resolve())
 
 
 def supervisor_rpc() -> Any:
     """An XML-RPC proxy to supervisord over its unix socket."""
     from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped,unused-ignore]
 
-    transport = SupervisorTransport(None, None, f"unix://{SOCKET}")
+    transport = SupervisorTransport(None, None, f"unix://{supervisord_paths().socket}")
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 
@@ -49,17 +78,25 @@ def supervisord_running() -> bool:
 
 
 def start_supervisord(timeout: float = 30.0) -> None:
+    """Start supervisord as a daemon (without the keeper: `bin/pipeline up` uses the keeper)."""
     if supervisord_running():
         return
-    for d in ("run", "log"):
-        (VAR / d).mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(SUPERVISORD_CONF)],
-                   cwd=SUPERVISORD_CONF.parent, env=supervisor_env(), check=True)
+    paths = supervisord_paths()
+    for d in (paths.socket.parent, paths.childlogdir):
+        d.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(paths.conf)],
+                   cwd=paths.conf.parent, check=True)
+    await_supervisord(timeout)
+
+
+def await_supervisord(timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Wait until supervisord answers on its socket (or `alive()` turns false)."""
+    paths = supervisord_paths()
     deadline = time.monotonic() + timeout
     while not supervisord_running():
-        if time.monotonic() > deadline:
-            raise FatalError(f"supervisord did not answer on {SOCKET} within {timeout:.0f}s; "
-                             f"see {VAR / 'log' / 'supervisord.log'}")
+        if time.monotonic() > deadline or not alive():
+            raise FatalError(f"supervisord did not answer on {paths.socket} within {timeout:.0f}s; "
+                             f"see {paths.logfile}")
         time.sleep(0.2)
 
 
@@ -71,7 +108,7 @@ def stop_supervisord(timeout: float = 120.0) -> bool:
     rpc.supervisor.stopAllProcesses(True)
     rpc.supervisor.shutdown()
     deadline = time.monotonic() + timeout
-    while SOCKET.exists() and time.monotonic() < deadline:
+    while supervisord_paths().socket.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     return True
 
@@ -171,8 +208,8 @@ def snapshot(settings: Settings) -> dict[str, Any]:
 
 
 def log_files(name: str | None = None) -> list[Path]:
-    """Program logs under var/log (supervisord writes one per process)."""
-    logs = sorted(p for p in (VAR / "log").glob("*.log")
+    """Program logs in supervisord's childlogdir (one per process)."""
+    logs = sorted(p for p in supervisord_paths().childlogdir.glob("*.log")
                   if p.name != "supervisord.log" and not p.name.startswith(("kafka", "zookeeper", "postgres")))
     if name:
         logs = [p for p in logs if p.stem == name or p.stem.startswith(f"{name}_")]

@@ -51,6 +51,8 @@ class ManagedProcess:
     run_as: RunAs = field(default_factory=RunAs)
     env: dict[str, str] | None = None
     extra_logs: list[Path] = field(default_factory=list)
+    # Runs before the process is spawned; waits for what must be true first (raises ServiceError if never).
+    before_start: Callable[[], object] | None = None
 
     def pid(self) -> int | None:
         """The pid of our running server, or None (a stale pid file is ignored)."""
@@ -78,6 +80,8 @@ class ManagedProcess:
             owner = port_owner(port)
             if owner is not None:
                 raise ServiceError(f"{self.name}: port {port} is already in use by {owner}")
+        if self.before_start is not None:
+            self.before_start()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
@@ -175,6 +179,14 @@ def free_port() -> int:
 
 def tcp_answers(port: int, payload: bytes, expect: bytes, timeout: float = 1.0) -> bool:
     """Send payload to 127.0.0.1:port and check the reply starts with expect (ZooKeeper 4lw)."""
+    return tcp_exchange(port, payload, timeout).startswith(expect)
+
+
+def tcp_exchange(port: int, payload: bytes, timeout: float = 1.0) -> bytes:
+    """Send payload to 127.0.0.1:port and read the whole reply (the server closes after a 4lw)."""
+    chunks = []
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(payload)
-        return s.recv(64).startswith(expect)
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -21,6 +21,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pipeline.services.process import ManagedProcess, RunAs, ServiceError, tcp_answers
+from pipeline.services.zookeeper import await_broker_released
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_DEPLOY = REPO / "deploy" / "kafka"
@@ -106,9 +107,10 @@ def render(template: Path, dest: Path, **values: object) -> None:
 class LocalServices:
     """The three servers of one host, started and stopped in dependency order."""
 
-    def __init__(self, config: ServicesConfig) -> None:
+    def __init__(self, config: ServicesConfig, say: Callable[[str], None] = print) -> None:
         self.config = config
         self.root = config.state_dir
+        self.say = say
 
     # -- the servers --------------------------------------------------------------------------
 
@@ -141,6 +143,8 @@ class LocalServices:
             ports=ports,
             ready=lambda: broker_answers(c.bootstrap_servers),
             marker=str(conf),
+            before_start=(lambda: await_broker_released(c.zookeeper_port, say=self.say))
+            if c.kafka_mode == "zookeeper" else None,
         )
 
     def postgres(self) -> ManagedProcess:
