@@ -8,6 +8,7 @@
   produce --count N            one-shot load from this shell
   services start|stop|status   ZooKeeper, Kafka and PostgreSQL alone
   migrate                      apply database migrations
+  audit [--wait S]             every order id in the topic in PostgreSQL exactly once? (exit 1 if not)
   bench [--smoke]              benchmark harness (docs/benchmarks.md)
 """
 
@@ -202,6 +203,20 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.audit import audit, wait_for_no_lag
+
+    if args.wait > 0:
+        lag = wait_for_no_lag(settings, args.wait)
+        if lag != 0:
+            print(f"lag still {lag if lag is not None else 'unknown (Kafka unreachable)'} after {args.wait:.0f}s; "
+                  "auditing anyway")
+    report = audit(settings)
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bin/pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--timeout", type=float, default=120.0)
     add("migrate", cmd_migrate, "apply database migrations")
+    p = add("audit", cmd_audit, "check every order in the topic against PostgreSQL (ground truth from Kafka)")
+    p.add_argument("--wait", type=float, default=0.0, help="first wait up to this many seconds for lag 0")
     sub.add_parser("bench", help="benchmark harness: bin/pipeline bench [--smoke] (see docs/benchmarks.md)",
                    add_help=False)
     return parser

@@ -1,0 +1,115 @@
+"""`bin/pipeline audit`: ground truth from Kafka, checked against PostgreSQL.
+
+Reads the orders topic raw from its first to its last offset, decodes every message with the
+same rules as the consumers, and compares: every valid order id in the topic is a row (none
+missing), every row comes from the topic (none extra), and `customer_stats` equals the rows'
+aggregates. Run it once the group has no lag (`--wait` waits for that), e.g. after a fault.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import psycopg2
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline.errors import RetryableError
+from pipeline.kafka_admin import group_lag
+from pipeline.orders import Order, decode_order
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Audit:
+    topic_messages: int
+    valid_ids: int  # distinct order ids of valid messages in the topic
+    repeated_ids: int  # valid order ids that the topic holds more than once (producer re-sends)
+    invalid_messages: int  # messages the consumers dead-letter
+    rows: int
+    missing: tuple[str, ...]  # valid in the topic, not in orders
+    extra: tuple[str, ...]  # in orders, not in the topic
+    stats_match: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.extra and self.stats_match
+
+    def lines(self) -> list[str]:
+        def sample(ids: tuple[str, ...]) -> str:
+            return f" ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})" if ids else ""
+
+        return [
+            f"topic: {self.topic_messages} messages, {self.valid_ids} distinct valid order ids "
+            f"({self.repeated_ids} present more than once), {self.invalid_messages} invalid",
+            f"orders: {self.rows} rows",
+            f"missing from orders: {len(self.missing)}{sample(self.missing)}",
+            f"in orders but not in the topic: {len(self.extra)}{sample(self.extra)}",
+            f"customer_stats {'match' if self.stats_match else 'DO NOT match'} the rows",
+            "verdict: " + ("OK, every order in the topic is in PostgreSQL exactly once" if self.ok else "FAILED"),
+        ]
+
+
+def topic_order_ids(settings: Settings, timeout: float = 120.0) -> tuple[Counter[str], int, int]:
+    """(valid order id -> times in the topic, messages read, invalid messages), read from offset 0
+    up to each partition's end offset at the start of the read."""
+    reader = Consumer({**settings.kafka_common(), "group.id": f"{settings.consumer_group_id}-audit",
+                       "enable.auto.commit": False, "client.id": settings.client_id()})
+    ids: Counter[str] = Counter()
+    messages = invalid = 0
+    try:
+        md = reader.list_topics(settings.kafka_topic, timeout=10).topics[settings.kafka_topic]
+        ends = {p: reader.get_watermark_offsets(TopicPartition(settings.kafka_topic, p), timeout=10)
+                for p in md.partitions}
+        todo = {p: high for p, (low, high) in ends.items() if high > low}
+        reader.assign([TopicPartition(settings.kafka_topic, p, ends[p][0]) for p in todo])
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                raise RetryableError(f"reading {settings.kafka_topic} took over {timeout:.0f}s")
+            for msg in reader.consume(10_000, 1.0):
+                p, offset = msg.partition(), msg.offset()
+                if msg.error() is not None or p not in todo or offset is None or offset >= todo[p]:
+                    continue
+                messages += 1
+                order = decode_order(msg.key(), msg.value())
+                if isinstance(order, Order):
+                    ids[order.order_id] += 1
+                else:
+                    invalid += 1
+                if offset + 1 >= todo[p]:
+                    del todo[p]
+    finally:
+        reader.close()
+    return ids, messages, invalid
+
+
+def audit(settings: Settings) -> Audit:
+    ids, messages, invalid = topic_order_ids(settings)
+    with psycopg2.connect(settings.database_url, connect_timeout=10) as conn, conn.cursor() as cur:
+        cur.execute("SELECT order_id FROM orders")
+        rows = [r[0] for r in cur.fetchall()]
+        cur.execute("""
+            SELECT (SELECT coalesce(sum(total_spent), 0) FROM customer_stats) = coalesce(sum(total_amount), 0)
+               AND (SELECT coalesce(sum(order_count), 0) FROM customer_stats) = count(*)
+            FROM orders""")
+        stats_match = bool(cur.fetchone()[0])  # type: ignore[index]
+    stored = set(rows)
+    return Audit(
+        topic_messages=messages, valid_ids=len(ids), repeated_ids=sum(1 for n in ids.values() if n > 1),
+        invalid_messages=invalid, rows=len(rows),
+        missing=tuple(sorted(set(ids) - stored)), extra=tuple(sorted(stored - set(ids))),
+        stats_match=stats_match,
+    )
+
+
+def wait_for_no_lag(settings: Settings, timeout: float) -> int | None:
+    """Wait until the group has committed every message; returns the lag left (None: Kafka unreachable)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = group_lag(settings)
+        lag = sum(r.lag for r in rows) if rows else None
+        if lag == 0 or time.monotonic() > deadline:
+            return lag
+        time.sleep(1.0)

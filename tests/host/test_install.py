@@ -1,0 +1,234 @@
+"""deploy/install.sh and the units under a real systemd: install, faults, stop order, restarts, operators.
+
+The tests of this module run in order against one sandbox (one host's life): refused installs,
+an install, kill -9 of every server and of supervisord under load, the stop order, a full stop +
+start, restarts, an operator's scale, a second install, remove and purge. Ground truth is
+`food-orders audit` inside the host: every order id in the topic is in PostgreSQL exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers import REPO, wait_for
+from tests.host.sandbox import SystemdSandbox
+
+pytestmark = pytest.mark.systemd
+
+SERVERS = ["food-orders-zookeeper.service", "food-orders-kafka.service", "food-orders-postgresql.service"]
+UNITS = [*SERVERS, "food-orders.service"]
+INSTALL = str(REPO / "deploy" / "install.sh")
+REPAIR_TARGET_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def host(sandbox: SystemdSandbox) -> Iterator[SystemdSandbox]:
+    yield sandbox
+    sandbox.run(INSTALL, "--purge", check=False, timeout=180)
+
+
+def sh(host: SystemdSandbox, script: str, user: str | None = None, check: bool = True, timeout: float = 120) -> str:
+    """A login shell inside (so /etc/profile.d puts the operator tools on PATH), from a neutral directory."""
+    return host.run("bash", "-lc", script, user=user, check=check, timeout=timeout, cwd="/").stdout
+
+
+def cursor(host: SystemdSandbox) -> str:
+    """The journal's position now: read what comes after it with --after-cursor."""
+    return sh(host, "journalctl -n 0 --show-cursor --no-pager").split("cursor: ", 1)[1].strip()
+
+
+def journal_after(host: SystemdSandbox, position: str) -> str:
+    return sh(host, f"journalctl --after-cursor '{position}' -o short-iso-precise --no-pager")
+
+
+def orders(host: SystemdSandbox) -> int:
+    out = sh(host, "runuser -u postgres -- psql -h /run/food-orders-postgresql -p 5433 -d orders -tAc "
+                   "'SELECT count(*) FROM orders'", check=False)
+    return int(out.strip()) if out.strip().isdigit() else -1
+
+
+def programs(host: SystemdSandbox) -> dict[str, tuple[str, int]]:
+    """supervisorctl status as name -> (state, pid)."""
+    result = {}
+    for line in sh(host, "supervisorctl status", check=False).splitlines():
+        m = re.match(r"(\S+)\s+(\S+)(?:\s+pid (\d+))?", line)
+        if m:
+            result[m[1]] = (m[2], int(m[3] or 0))
+    return result
+
+
+def all_running(host: SystemdSandbox, count: int) -> bool:
+    procs = programs(host)
+    return len(procs) == count and all(state == "RUNNING" for state, _ in procs.values())
+
+
+def assert_nothing_installed(host: SystemdSandbox) -> None:
+    left = sh(host, "ls -d /opt/food-orders /etc/food-orders /var/lib/food-orders /etc/systemd/system/food-orders* "
+                    "2>/dev/null; getent passwd food-orders food-orders-kafka", check=False)
+    assert left.strip() == "", f"a refused install left: {left}"
+
+
+def refused(host: SystemdSandbox, script: str, expected: str) -> None:
+    result = host.run("bash", "-c", script, check=False, cwd="/")
+    assert result.returncode != 0, result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("install.sh: error:"), result.stderr
+    assert expected in errors[0]
+    assert_nothing_installed(host)
+
+
+def test_bad_input_is_refused_with_one_line_and_nothing_installed(host: SystemdSandbox) -> None:
+    assert_nothing_installed(host)
+    # A copy nobody can read, wherever the checkout is: the root check comes before anything else.
+    refused(host, f"install -m 0755 {INSTALL} /tmp/install.sh && runuser -u nobody -- /tmp/install.sh", "run as root")
+    # A private mount namespace per case: the broken Java or the read-only prefix exist for that command only.
+    refused(host, f"unshare -m sh -c 'mount --bind /bin/false /usr/bin/java && {INSTALL}'",
+            "/usr/bin/java does not run")
+    refused(host, f"mkdir -p /srv/ro && unshare -m sh -c 'mount -t tmpfs -o ro none /srv/ro && "
+                  f"{INSTALL} --prefix /srv/ro/food-orders'", "cannot write the prefix /srv/ro/food-orders")
+    refused(host, "(python3 -m http.server 9092 --bind 127.0.0.1 >/dev/null 2>&1 & echo $! >/tmp/squatter); "
+                  "for i in $(seq 100); do ss -Hltn 'sport = :9092' | grep -q . && break; sleep 0.1; done; "
+                  f"{INSTALL}; rc=$?; kill $(cat /tmp/squatter); exit $rc", "port 9092 (kafka) is already in use")
+    refused(host, f"{INSTALL} --bogus", "unknown argument")
+
+
+def test_install_from_the_checkout_offline_and_orders_flow(host: SystemdSandbox) -> None:
+    out = host.run(INSTALL, timeout=300).stdout
+    assert "wrote food-orders.env with a generated database password" in out
+    for unit in [*UNITS, "food-orders.target"]:
+        assert host.unit_state(unit) == "active", unit
+    assert sh(host, "stat -c '%a %U:%G' /etc/food-orders/food-orders.env /run/food-orders").split("\n")[:2] == \
+        ["640 root:food-orders", "770 food-orders:food-orders"]
+    users = sh(host, "ps -o user:20= -C java,postgres,supervisord | sort -u")
+    assert set(users.split()) == {"food-orders-kafka", "postgres", "food-orders"}
+    # Under load from here on; an upgrade must keep this edit of the env file.
+    sh(host, "sed -i 's/^PRODUCER_RATE=.*/PRODUCER_RATE=300/' /etc/food-orders/food-orders.env && "
+             "systemctl restart food-orders.service")
+    wait_for(lambda: orders(host) > 300, 60, "orders in PostgreSQL")
+
+
+def test_kill_9_of_each_server_and_supervisord_is_repaired_and_nothing_is_lost(host: SystemdSandbox) -> None:
+    repair: dict[str, float] = {}
+    for unit in [*SERVERS, "food-orders.service"]:
+        before = orders(host)
+        killed = host.main_pid(unit)
+        started = time.monotonic()
+        host.run("kill", "-KILL", str(killed))
+        wait_for(lambda u=unit, k=killed: host.unit_state(u) == "active" and host.main_pid(u) not in (0, k),
+                 60, f"systemd to restart {unit}")
+        if unit == "food-orders.service":
+            wait_for(lambda: all_running(host, 2), 60, "producer and consumer RUNNING again")
+        repair[unit] = time.monotonic() - started
+        wait_for(lambda b=before: orders(host) > b + 100, 90, f"orders flowing again after kill -9 of {unit}")
+    for program in ("consumer:consumer_01", "producer"):
+        _, pid = programs(host)[program]
+        host.run("kill", "-KILL", str(pid))
+        wait_for(lambda p=program, k=pid: programs(host)[p][0] == "RUNNING" and programs(host)[p][1] != k,
+                 30, f"supervisord to restart {program}")
+    print("repair seconds:", {u: round(s, 1) for u, s in repair.items()})
+    assert all(seconds < REPAIR_TARGET_S for seconds in repair.values()), repair
+    sh(host, "supervisorctl stop producer")
+    audit = sh(host, "food-orders audit --wait 120")
+    assert "verdict: OK" in audit and "missing from orders: 0" in audit, audit
+    sh(host, "supervisorctl start producer")
+
+
+def test_stop_order_programs_then_kafka_then_zookeeper(host: SystemdSandbox) -> None:
+    sh(host, "supervisorctl scale consumer 2")
+    wait_for(lambda: all_running(host, 3), 30, "2 consumers and the producer RUNNING")
+    position = cursor(host)
+    host.systemctl("stop", "food-orders.target")
+    wait_for(lambda: all(host.unit_state(u) == "inactive" for u in UNITS), 120, "every unit inactive")
+    journal = journal_after(host, position)
+
+    def when(pattern: str) -> str:
+        found = [line.split()[0] for line in journal.splitlines() if re.search(pattern, line)]
+        assert found, f"no journal line matches {pattern!r}"
+        return found[-1]
+
+    producer = when(r"stopped: producer \(exit status 0\)")
+    consumers = [when(rf"stopped: consumer_0{n} \(exit status 0\)") for n in (1, 2)]
+    kafka = when(r"Stopped food-orders-kafka.service")
+    zookeeper = when(r"Stopped food-orders-zookeeper.service")
+    postgres = when(r"Stopped food-orders-postgresql.service")
+    assert producer < min(consumers) and max(consumers) < kafka < zookeeper, journal
+    assert max(consumers) < postgres, journal
+    assert len(re.findall(r"consumer_0[12] .*stopped: batches", journal)) == 2, "each consumer's final commit line"
+
+
+def test_start_after_a_full_stop_resumes_with_the_same_count_and_nothing_lost(host: SystemdSandbox) -> None:
+    before = orders(host)
+    host.systemctl("start", "food-orders.target")
+    for unit in UNITS:
+        host.wait_active(unit, 120)
+    wait_for(lambda: all_running(host, 3), 60, "the same 2 consumers and the producer")
+    wait_for(lambda: orders(host) > before + 100, 90, "orders flowing after the start")
+
+
+def test_restart_of_the_target_three_times(host: SystemdSandbox) -> None:
+    position = cursor(host)
+    for attempt in range(3):
+        host.systemctl("restart", "food-orders.target")
+        for unit in UNITS:
+            host.wait_active(unit, 120)
+        wait_for(lambda: all_running(host, 3), 60, f"programs RUNNING after restart {attempt + 1}")
+    journal = journal_after(host, position)
+    assert "Scheduled restart job" not in journal, "a restart of the target needed systemd's automatic restarts"
+    assert journal.count("Started food-orders-kafka.service") == 3
+
+
+def test_an_operator_scales_from_any_directory_and_the_count_survives_a_restart(host: SystemdSandbox) -> None:
+    sh(host, "id alice >/dev/null 2>&1 || useradd --create-home --groups food-orders alice; "
+             "id bob >/dev/null 2>&1 || useradd --create-home bob")
+    first = programs(host)["consumer:consumer_01"][1]
+    out = sh(host, "cd /tmp && supervisorctl scale consumer 3", user="alice")
+    assert "2 -> 3 processes" in out, out
+    wait_for(lambda: all_running(host, 4), 30, "3 consumers and the producer RUNNING")
+    assert programs(host)["consumer:consumer_01"][1] == first, "scale up restarted consumer_01"
+    assert "RUNNING" in sh(host, "supervisorctl status producer", user="alice")
+    denied = host.run("bash", "-lc", "supervisorctl status", user="bob", check=False, cwd="/")
+    assert denied.returncode != 0 and "RUNNING" not in denied.stdout
+    host.systemctl("restart", "food-orders.target")
+    host.wait_active("food-orders.service", 120)
+    wait_for(lambda: all_running(host, 4), 60, "3 consumers after a restart of the target")
+    host.systemctl("reload", "food-orders.service")
+    assert all_running(host, 4)
+
+
+def test_installing_again_changes_nothing(host: SystemdSandbox) -> None:
+    snapshot = "sha256sum /etc/food-orders/food-orders.env /etc/food-orders/conf.d/consumer.conf " \
+               "/etc/food-orders/supervisord.conf /etc/systemd/system/food-orders*; readlink /opt/food-orders/venv"
+    files = sh(host, snapshot)
+    supervisord = host.main_pid("food-orders.service")
+    out = host.run(INSTALL, timeout=300).stdout
+    assert "nothing changed" in out and "food-orders.env kept" in out and "numprocs=3" in out, out
+    assert sh(host, snapshot) == files
+    assert host.main_pid("food-orders.service") == supervisord, "an install with no change restarted supervisord"
+    assert "PRODUCER_RATE=300" in sh(host, "cat /etc/food-orders/food-orders.env")
+
+
+def test_remove_keeps_data_and_a_reinstall_picks_it_up(host: SystemdSandbox) -> None:
+    sh(host, "supervisorctl stop producer")
+    audit = sh(host, "food-orders audit --wait 120")
+    assert "verdict: OK" in audit, audit
+    kept = orders(host)
+    password = sh(host, "grep ^DATABASE_URL= /etc/food-orders/food-orders.env")
+    out = host.run(INSTALL, "--remove", timeout=180).stdout
+    assert "kept: /etc/food-orders" in out
+    assert sh(host, "ls /etc/systemd/system | grep -c food-orders", check=False).strip() == "0"
+    assert sh(host, "test -d /opt/food-orders || echo gone").strip() == "gone"
+    assert sh(host, "test -f /var/lib/food-orders/postgresql/PG_VERSION && echo kept").strip() == "kept"
+    host.run(INSTALL, timeout=300)
+    assert sh(host, "grep ^DATABASE_URL= /etc/food-orders/food-orders.env") == password
+    wait_for(lambda: orders(host) > kept, 90, "the reinstalled host to add to the kept orders")
+    wait_for(lambda: all_running(host, 4), 60, "the kept consumer count (3) after the reinstall")
+
+
+def test_purge_says_what_it_deletes_and_deletes_it(host: SystemdSandbox) -> None:
+    out = host.run(INSTALL, "--purge", timeout=180).stdout
+    assert "/var/lib/food-orders" in out and "the PostgreSQL cluster" in out and "purged" in out
+    assert_nothing_installed(host)
