@@ -10,7 +10,8 @@
 # Layout: code + venv in /opt/food-orders, config in /etc/food-orders (food-orders.env 0640
 # root:food-orders), state in /var/lib/food-orders, logs in /var/log/food-orders and the journal,
 # supervisor socket in /run/food-orders (0770, group food-orders = the operators).
-set -euo pipefail
+set -Eeuo pipefail
+umask 022  # the service users must read the code and configs whatever root's umask is
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PREFIX=/opt/food-orders
@@ -25,7 +26,7 @@ MODE=install
 
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 say() { printf '%s\n' "$*"; }
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,8 +38,11 @@ while [ $# -gt 0 ]; do
     *) printf 'install.sh: error: unknown argument %q\n' "$1" >&2; usage 2 ;;
   esac
 done
-case "$PREFIX" in /*) ;; *) die "--prefix must be an absolute path, got $PREFIX" ;; esac
 PREFIX="${PREFIX%/}"
+# Units, supervisord.conf and the wrappers name this path unquoted: plain characters only.
+[[ "$PREFIX" =~ ^(/[A-Za-z0-9._-]+)+$ ]] || die "--prefix must be an absolute path of letters, digits, . _ - and /, got '$PREFIX'"
+case "$PREFIX" in /usr|/usr/local|/opt|/etc|/var|/var/lib|/srv|/home) die "--prefix $PREFIX is a system directory: name one of its own, e.g. $PREFIX/food-orders" ;; esac
+MARK=.food-orders-install  # in the prefix: what --remove deletes is ours
 
 [ "$(id -u)" = 0 ] || die "run as root: it creates system users, $ETC, $LIB and systemd units"
 [ -d /run/systemd/system ] || die "systemd is not running as PID 1 here: the units cannot be started"
@@ -55,7 +59,11 @@ remove() {
   for u in food-orders.target "${SERVICES[@]}"; do rm -f "$UNITS/$u"; done
   systemctl daemon-reload
   systemctl reset-failed "${SERVICES[@]}" >/dev/null 2>&1 || true
-  rm -rf "$prefix" /etc/profile.d/food-orders.sh /usr/local/bin/food-orders
+  if [ -f "$prefix/$MARK" ]; then
+    rm -rf "${prefix:?}/releases" "$prefix/venv" "$prefix/kafka" "$prefix/bin" "$prefix/README.md" "$prefix/$MARK"
+    rmdir "$prefix" 2>/dev/null || say "kept $prefix: it holds files the installer did not put there"
+  fi
+  rm -f /etc/profile.d/food-orders.sh /usr/local/bin/food-orders
   say "removed: units, $prefix, /usr/local/bin/food-orders, /etc/profile.d/food-orders.sh"
 }
 if [ "$MODE" = remove ]; then
@@ -71,7 +79,7 @@ if [ "$MODE" = purge ]; then
   say "  users $APP_USER and $KAFKA_USER, group $APP_USER"
   remove
   rm -rf "$LIB" "$LOG" "$ETC"
-  for u in "$APP_USER" "$KAFKA_USER"; do id "$u" >/dev/null 2>&1 && userdel "$u"; done
+  for u in "$APP_USER" "$KAFKA_USER"; do id "$u" >/dev/null 2>&1 && userdel "$u" 2>/dev/null; done
   getent group "$APP_USER" >/dev/null && groupdel "$APP_USER"
   getent group "$KAFKA_USER" >/dev/null && groupdel "$KAFKA_USER"
   say "purged"
@@ -89,8 +97,15 @@ java_major() { /usr/bin/java -version 2>&1 | awk -F'"' '/version/ {split($2, v, 
 major="$(java_major || true)"
 [ -n "$major" ] || die "/usr/bin/java does not run: apt-get install openjdk-17-jre-headless"
 [ "$major" -ge 17 ] || die "Java 17 or newer needed at /usr/bin/java, found Java $major"
-PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-[ -n "$PG_BIN" ] && [ -x "$PG_BIN/postgres" ] || die "no PostgreSQL server under /usr/lib/postgresql: apt-get install postgresql"
+if [ -f "$LIB/postgresql/PG_VERSION" ]; then  # an existing cluster needs the server of its own major version
+  PG_BIN="/usr/lib/postgresql/$(cat "$LIB/postgresql/PG_VERSION")/bin"
+  [ -x "$PG_BIN/postgres" ] || die "the cluster in $LIB/postgresql is PostgreSQL $(cat "$LIB/postgresql/PG_VERSION") but $PG_BIN/postgres is missing: apt-get install postgresql-$(cat "$LIB/postgresql/PG_VERSION")"
+else
+  PG_BIN="$(find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/postgres' 2>/dev/null | sort -V | tail -1 || true)"
+  [ -n "$PG_BIN" ] || die "no PostgreSQL server under /usr/lib/postgresql: apt-get install postgresql"
+  PG_BIN="$(dirname "$PG_BIN")"
+fi
+command -v ss >/dev/null || die "ss not found (it checks the ports): apt-get install iproute2"
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || die "python3 with venv needed: apt-get install python3-venv"
 id postgres >/dev/null 2>&1 || die "no postgres account (Debian's postgresql package creates it)"
 WHEELHOUSE="$REPO/.local/wheelhouse"
@@ -99,28 +114,36 @@ KAFKA_LIB="$REPO/.local/kafka/lib"
   || die "no wheelhouse for requirements-runtime.txt in $WHEELHOUSE: run bin/setup in the checkout first (on a machine with the package index)"
 (cd "$KAFKA_LIB" 2>/dev/null && sha256sum --quiet --strict -c "$REPO/deploy/kafka/jars.manifest" >/dev/null 2>&1) \
   || die "Kafka jars missing or damaged in $KAFKA_LIB: run bin/setup in the checkout first"
-"$REPO/.venv/bin/python" -c 'import setuptools' 2>/dev/null || die "the checkout's .venv is missing: run bin/setup first"
 parent="$PREFIX"; while [ ! -e "$parent" ]; do parent="$(dirname "$parent")"; done
 [ -d "$parent" ] && [ -w "$parent" ] || die "cannot write the prefix $PREFIX ($parent is not a writable directory)"
+if [ -d "$PREFIX" ] && [ ! -f "$PREFIX/$MARK" ] && [ -n "$(ls -A "$PREFIX")" ]; then
+  die "$PREFIX exists and is not a food-orders install: name an empty or new directory with --prefix"
+fi
+if grep -qs 'bin/pipeline services start' "$UNITS/food-orders.service"; then
+  die "an older food-orders.service (servers started from the checkout) is installed: stop it, run its checkout's bin/pipeline services stop, remove $UNITS/food-orders.service, then install (its data stays in that checkout's var/)"
+fi
 
 ZK_PORT="$(env_value PIPELINE_ZOOKEEPER_PORT 2181)"
 KAFKA_PORT="$(env_value KAFKA_BOOTSTRAP_SERVERS 127.0.0.1:9092)"; KAFKA_PORT="${KAFKA_PORT##*:}"
 PG_PORT="$(env_value DATABASE_URL postgresql://x@127.0.0.1:5433/orders)"; PG_PORT="${PG_PORT##*:}"; PG_PORT="${PG_PORT%%/*}"
 for pp in "zookeeper:$ZK_PORT" "kafka:$KAFKA_PORT" "postgresql:$PG_PORT"; do
   port="${pp#*:}"
-  pid="$(ss -Hltnp "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)"
-  if [ -n "$pid" ] && ! grep -q 'food-orders' "/proc/$pid/cgroup" 2>/dev/null; then
+  pid="$(ss -Hltnp "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1 || true)"
+  # Ours (an upgrade) only if it runs in that server's own unit.
+  if [ -n "$pid" ] && ! grep -q "/food-orders-${pp%%:*}.service\$" "/proc/$pid/cgroup" 2>/dev/null; then
     die "port $port (${pp%%:*}) is already in use by pid $pid ($(cat "/proc/$pid/comm" 2>/dev/null || echo '?')); stop it or change the port in $ETC/food-orders.env"
   fi
 done
 
 # -- from here on the host changes -----------------------------------------------------------------
 changed=0
+declare -A restart=()  # units whose code, config or unit file changed: restarted at the end, no others
 trap 'say "install.sh: failed at line $LINENO; re-run after fixing the cause (every step is idempotent)" >&2' ERR
-put() {  # put SRC DEST MODE OWNER: install a file only when its content or mode differs
-  local src="$1" dest="$2" mode="$3" owner="$4"
+touched() { changed=1; local u; for u in "$@"; do restart[$u]=1; done; }
+put() {  # put SRC DEST MODE OWNER [UNIT...]: install a file only when its content differs; mark the units
+  local src="$1" dest="$2" mode="$3" owner="$4"; shift 4
   if ! cmp -s "$src" "$dest" 2>/dev/null; then
-    install -m "$mode" -o "${owner%:*}" -g "${owner#*:}" "$src" "$dest"; changed=1
+    install -m "$mode" -o "${owner%:*}" -g "${owner#*:}" "$src" "$dest"; touched "$@"
   else
     chmod "$mode" "$dest"; chown "$owner" "$dest"
   fi
@@ -146,52 +169,66 @@ say "==> users: $APP_USER (programs; its group = operators), $KAFKA_USER (ZooKee
 getent group "$APP_USER" >/dev/null || groupadd --system "$APP_USER"
 id "$APP_USER" >/dev/null 2>&1 || useradd --system --gid "$APP_USER" --home-dir "$LIB/pipeline" --no-create-home --shell /usr/sbin/nologin "$APP_USER"
 getent group "$KAFKA_USER" >/dev/null || groupadd --system "$KAFKA_USER"
-id "$KAFKA_USER" >/dev/null 2>&1 || useradd --system --gid "$KAFKA_USER" --home-dir "$LIB/kafka" --no-create-home --shell /usr/sbin/nologin "$KAFKA_USER"
+id "$KAFKA_USER" >/dev/null 2>&1 || useradd --system --gid "$KAFKA_USER" --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin "$KAFKA_USER"
 
 say "==> directories"
 install -d -m 0755 -o root -g root "$PREFIX" "$PREFIX/bin" "$PREFIX/releases" "$PREFIX/kafka" "$ETC" "$LIB"
+touch "$PREFIX/$MARK"
 install -d -m 0770 -o root -g "$APP_USER" "$ETC/conf.d"
-install -d -m 0750 -o "$KAFKA_USER" -g "$KAFKA_USER" "$LIB/zookeeper" "$LIB/kafka"
+install -d -m 0750 -o "$KAFKA_USER" -g "$KAFKA_USER" "$LIB/zookeeper" "$LIB/kafka" "$LIB/zookeeper/data" "$LIB/kafka/data"
 install -d -m 0700 -o postgres -g postgres "$LIB/postgresql"
 install -d -m 0750 -o "$APP_USER" -g "$APP_USER" "$LIB/pipeline"
 install -d -m 2750 -o "$APP_USER" -g "$APP_USER" "$LOG"
 
 say "==> code: the project and its pinned packages, offline from the checkout's wheelhouse"
+PROGRAMS=food-orders.service
+py="$(/usr/bin/python3 -c 'import sys; print("py%d%d" % sys.version_info[:2])')"
 source_id="$(cd "$REPO" && find pipeline pyproject.toml requirements-runtime.txt -type f ! -name '*.pyc' | sort | xargs sha256sum | sha256sum | cut -c1-12)"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml" | head -1)"
-release="$PREFIX/releases/$version-$source_id"
-if [ ! -x "$release/venv/bin/supervisord" ]; then
+release_id="$version-$py-$source_id"
+release="$PREFIX/releases/$release_id"
+previous="$(readlink "$PREFIX/venv" 2>/dev/null || true)"
+if [ ! -f "$release/.complete" ]; then  # written last: an interrupted install is redone
   rm -rf "$release"
-  "$REPO/.venv/bin/pip" wheel -q --disable-pip-version-check --no-deps --no-build-isolation --no-index -w "$TMP/wheel" "$REPO" >/dev/null
+  # Built from a copy, so a read-only checkout works and no build/ appears in it; the build backend
+  # (setuptools) comes from the wheelhouse too.
+  mkdir -p "$TMP/src" && cp -r "$REPO/pipeline" "$REPO/pyproject.toml" "$REPO/requirements-runtime.txt" "$TMP/src/"
   /usr/bin/python3 -m venv "$release/venv"
-  "$release/venv/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$WHEELHOUSE" "$TMP"/wheel/*.whl
-  changed=1
-  say "    installed release $version-$source_id"
+  pip=("$release/venv/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$WHEELHOUSE")
+  "${pip[@]}" setuptools==84.2.1 || die "the wheelhouse does not fit /usr/bin/python3 ($py): run bin/setup with it"
+  "${pip[@]}" --no-build-isolation "$TMP/src" || die "the wheelhouse does not fit /usr/bin/python3 ($py): run bin/setup with it"
+  "$release/venv/bin/python" -c 'import pipeline.probe, supervisor, confluent_kafka, psycopg2'
+  touch "$release/.complete"
+  say "    installed release $release_id"
 else
-  say "    release $version-$source_id already installed"
+  say "    release $release_id already installed"
 fi
-if [ "$(readlink "$PREFIX/venv" 2>/dev/null)" != "releases/$version-$source_id/venv" ]; then
-  ln -sfn "releases/$version-$source_id/venv" "$PREFIX/venv.new" && mv -T "$PREFIX/venv.new" "$PREFIX/venv"
-  changed=1
+if [ "$previous" != "releases/$release_id/venv" ]; then
+  ln -sfn "releases/$release_id/venv" "$PREFIX/venv.new" && mv -T "$PREFIX/venv.new" "$PREFIX/venv"
+  touched "${SERVICES[@]}"  # every unit runs code from the venv (the servers' readiness probes too)
 fi
-for old in $(ls -1t "$PREFIX/releases" | tail -n +3); do rm -rf "${PREFIX:?}/releases/$old"; done  # keep current + previous
-if ! (cd "$PREFIX/kafka/lib" 2>/dev/null && sha256sum --quiet --strict -c "$REPO/deploy/kafka/jars.manifest" >/dev/null 2>&1); then
-  rm -rf "$PREFIX/kafka/lib.new" && cp -r "$KAFKA_LIB" "$PREFIX/kafka/lib.new"
-  rm -rf "$PREFIX/kafka/lib" && mv "$PREFIX/kafka/lib.new" "$PREFIX/kafka/lib"
-  chmod -R a+rX "$PREFIX/kafka/lib"; changed=1
+jars_id="$(sha256sum "$REPO/deploy/kafka/jars.manifest" | cut -c1-12)"
+if [ "$(readlink "$PREFIX/kafka/lib" 2>/dev/null)" != "lib-$jars_id" ]; then
+  rm -rf "$PREFIX/kafka/lib-$jars_id" && cp -r "$KAFKA_LIB" "$PREFIX/kafka/lib-$jars_id"
+  (cd "$PREFIX/kafka/lib-$jars_id" && sha256sum --quiet --strict -c "$REPO/deploy/kafka/jars.manifest")
+  chmod -R a+rX "$PREFIX/kafka/lib-$jars_id"
+  [ -L "$PREFIX/kafka/lib" ] || rm -rf "$PREFIX/kafka/lib"
+  rm -rf "$PREFIX/kafka/lib.new"; ln -sfn "lib-$jars_id" "$PREFIX/kafka/lib.new" && mv -T "$PREFIX/kafka/lib.new" "$PREFIX/kafka/lib"
+  touched food-orders-zookeeper.service food-orders-kafka.service
   say "    Kafka jars installed ($(wc -l <"$REPO/deploy/kafka/jars.manifest"))"
 fi
 put "$REPO/README.md" "$PREFIX/README.md" 0644 root:root
 cat >"$TMP/food-orders" <<EOF
 #!/bin/sh
 # food-orders (bin/pipeline of a checkout) reading this host's installed configuration
-PIPELINE_ENV_FILE=$ETC/food-orders.env PIPELINE_SUPERVISORD_CONF=$ETC/supervisord.conf PIPELINE_HOST_INSTALL=1 \\
-  exec $PREFIX/venv/bin/food-orders "\$@"
+export PIPELINE_ENV_FILE=$ETC/food-orders.env PIPELINE_SUPERVISORD_CONF=$ETC/supervisord.conf PIPELINE_HOST_INSTALL=1
+exec $PREFIX/venv/bin/food-orders "\$@"
 EOF
 put "$TMP/food-orders" "$PREFIX/bin/food-orders" 0755 root:root
 cat >"$TMP/supervisorctl" <<EOF
 #!/bin/sh
 # supervisorctl of this host's supervisord (with the pipeline's \`scale\` command)
+export PIPELINE_ENV_FILE=$ETC/food-orders.env
 exec $PREFIX/venv/bin/supervisorctl -c $ETC/supervisord.conf "\$@"
 EOF
 put "$TMP/supervisorctl" "$PREFIX/bin/supervisorctl" 0755 root:root
@@ -208,33 +245,33 @@ else
   { sed -e "s|CHANGE_ME|$password|" -e "s|^PIPELINE_STATE_DIR=.*|PIPELINE_STATE_DIR=$LIB|" "$REPO/.env.example"
     printf '\n# Installed host: where the Kafka jars are (scale-down uses Kafka'"'"'s Admin client from them)\nPIPELINE_PREFIX=%s\n' "$PREFIX"
   } >"$TMP/env"
-  install -m 0640 -o root -g "$APP_USER" "$TMP/env" "$ETC/food-orders.env"; changed=1
+  install -m 0640 -o root -g "$APP_USER" "$TMP/env" "$ETC/food-orders.env"; touched "$PROGRAMS"
   say "    wrote food-orders.env with a generated database password (0640 root:$APP_USER)"
 fi
 chmod 0640 "$ETC/food-orders.env"; chown "root:$APP_USER" "$ETC/food-orders.env"
 render "$REPO/deploy/host/supervisord.conf" >"$TMP/supervisord.conf"
-put "$TMP/supervisord.conf" "$ETC/supervisord.conf" 0644 root:root
-if [ -f "$ETC/conf.d/consumer.conf" ]; then
-  say "    conf.d/consumer.conf kept ($(grep -E '^numprocs *=' "$ETC/conf.d/consumer.conf" | tr -d ' '))"
-else
-  render "$REPO/deploy/host/consumer.conf" >"$TMP/consumer.conf"
-  install -m 0640 -o "$APP_USER" -g "$APP_USER" "$TMP/consumer.conf" "$ETC/conf.d/consumer.conf"; changed=1
-fi
-R_DATA_DIR="$LIB/zookeeper" render "$REPO/deploy/kafka/zookeeper.properties" >"$TMP/zk"
-put "$TMP/zk" "$ETC/zookeeper.properties" 0644 root:root
-{ R_DATA_DIR="$LIB/kafka" render "$REPO/deploy/kafka/server-zookeeper.properties"; echo
+put "$TMP/supervisord.conf" "$ETC/supervisord.conf" 0644 root:root "$PROGRAMS"
+# The consumer count is the operators' (supervisorctl scale writes it): the rest of the file follows the
+# template, so an upgrade can change commands and settings while the count stays.
+count="$(sed -n 's/^numprocs *= *\([0-9]*\).*/\1/p' "$ETC/conf.d/consumer.conf" 2>/dev/null | head -1 || true)"
+render "$REPO/deploy/host/consumer.conf" | sed "s/^numprocs = 1\$/numprocs = ${count:-1}/" >"$TMP/consumer.conf"
+put "$TMP/consumer.conf" "$ETC/conf.d/consumer.conf" 0640 "$APP_USER:$APP_USER" "$PROGRAMS"
+say "    conf.d/consumer.conf: numprocs=${count:-1}${count:+ (kept)}"
+R_DATA_DIR="$LIB/zookeeper/data" render "$REPO/deploy/kafka/zookeeper.properties" >"$TMP/zk"
+put "$TMP/zk" "$ETC/zookeeper.properties" 0644 root:root food-orders-zookeeper.service
+{ R_DATA_DIR="$LIB/kafka/data" render "$REPO/deploy/kafka/server-zookeeper.properties"; echo
   cat "$REPO/deploy/kafka/server-common.properties"; } >"$TMP/kafka"
-put "$TMP/kafka" "$ETC/kafka.properties" 0644 root:root
-put "$REPO/deploy/host/log4j.properties" "$ETC/log4j.properties" 0644 root:root
+put "$TMP/kafka" "$ETC/kafka.properties" 0644 root:root food-orders-kafka.service
+put "$REPO/deploy/host/log4j.properties" "$ETC/log4j.properties" 0644 root:root food-orders-zookeeper.service food-orders-kafka.service
 
 say "==> PostgreSQL cluster in $LIB/postgresql"
 if [ ! -f "$LIB/postgresql/PG_VERSION" ]; then
-  runuser -u postgres -- "$PG_BIN/initdb" -D "$LIB/postgresql" -U postgres --auth-local=peer \
-    --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$TMP/initdb.log" 2>&1 \
+  (cd / && runuser -u postgres -- "$PG_BIN/initdb" -D "$LIB/postgresql" -U postgres --auth-local=peer \
+    --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$TMP/initdb.log" 2>&1) \
     || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
   printf '\n# food-orders pipeline\nshared_buffers = 256MB\nmax_connections = 100\nlog_min_messages = warning\n' \
     >>"$LIB/postgresql/postgresql.conf"
-  changed=1
+  touched food-orders-postgresql.service
   say "    initialized"
 else
   say "    kept ($(cat "$LIB/postgresql/PG_VERSION"))"
@@ -243,33 +280,51 @@ fi
 say "==> systemd units"
 for u in food-orders.target "${SERVICES[@]}"; do
   render "$REPO/deploy/systemd/$u" >"$TMP/$u"
-  put "$TMP/$u" "$UNITS/$u" 0644 root:root
+  put "$TMP/$u" "$UNITS/$u" 0644 root:root "$u"
 done
 systemctl daemon-reload
 systemctl enable -q food-orders.target "${SERVICES[@]}"
 
 say "==> database role and database (password from food-orders.env)"
+# A changed PostgreSQL unit (say a new port) must run before psql talks to it.
+if [ -n "${restart[food-orders-postgresql.service]:-}" ]; then
+  systemctl try-restart food-orders-postgresql.service; unset 'restart[food-orders-postgresql.service]'
+fi
 systemctl start food-orders-postgresql.service
 url="$(env_value DATABASE_URL '')"
 db_user="$(printf '%s' "$url" | sed -n 's|^postgresql://\([^:@]*\).*|\1|p')"
-db_pass="$(printf '%s' "$url" | sed -n 's|^postgresql://[^:@]*:\([^@]*\)@.*|\1|p')"
 db_name="${url##*/}"
-runuser -u postgres -- "$PG_BIN/psql" -h /run/food-orders-postgresql -p "$PG_PORT" -d postgres -qtAX \
-  -v ON_ERROR_STOP=1 -v user="$db_user" -v pass="$db_pass" -v db="$db_name" >/dev/null <<'SQL'
+export PGPASSWORD_NEW; PGPASSWORD_NEW="$(printf '%s' "$url" | sed -n 's|^postgresql://[^:@]*:\([^@]*\)@.*|\1|p')"
+if (cd / && PGPASSWORD="$PGPASSWORD_NEW" "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$db_user" -d "$db_name" \
+      -qtAXc 'SELECT 1' >/dev/null 2>&1); then
+  say "    $db_user@$db_name answers with the password of food-orders.env"
+else
+  # The password reaches psql through its environment (\getenv), never its command line (ps).
+  (cd / && runuser -u postgres --whitelist-environment=PGPASSWORD_NEW -- "$PG_BIN/psql" -h /run/food-orders-postgresql \
+    -p "$PG_PORT" -d postgres -qtAX -v ON_ERROR_STOP=1 -v user="$db_user" -v db="$db_name" >/dev/null) <<'SQL'
+\getenv pass PGPASSWORD_NEW
 SELECT format('CREATE ROLE %I LOGIN', :'user') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'user') \gexec
 SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'user', :'pass') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'user') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
 SQL
+  say "    role $db_user and database $db_name ready"
+fi
+unset PGPASSWORD_NEW
 
 say "==> starting food-orders.target"
-if [ "$changed" = 1 ] && systemctl is-active -q food-orders.service; then
-  systemctl restart food-orders.target   # an upgrade: the new code and config take effect
-else
-  systemctl start food-orders.target
+if systemctl is-active -q food-orders.target && [ ${#restart[@]} -gt 0 ]; then
+  say "    restarting what changed: ${!restart[*]}"
+  systemctl try-restart "${!restart[@]}"  # an upgrade: only units whose code or config changed
 fi
+systemctl start food-orders.target
 for u in "${SERVICES[@]}"; do
   systemctl is-active -q "$u" || { systemctl status --no-pager "$u" >&2 || true; die "$u did not start (journalctl -u $u)"; }
 done
+# Old releases go only now, once the new one runs: the current and the one before stay (a rollback).
+for old in "$PREFIX"/releases/*; do
+  case "releases/${old##*/}/venv" in "$(readlink "$PREFIX/venv")"|"$previous") ;; *) rm -rf "$old" ;; esac
+done
+for old in "$PREFIX"/kafka/lib-*; do [ "${old##*/}" = "$(readlink "$PREFIX/kafka/lib")" ] || rm -rf "$old"; done
 [ "$changed" = 1 ] || say "    nothing changed: configuration, password, data and consumer count as they were"
 say ""
 systemctl list-units --no-pager --no-legend 'food-orders*' | sed 's/^/    /'

@@ -2,8 +2,9 @@
 
 Reads the orders topic raw from its first to its last offset, decodes every message with the
 same rules as the consumers, and compares: every valid order id in the topic is a row (none
-missing), every row comes from the topic (none extra), and `customer_stats` equals the rows'
-aggregates. Run it once the group has no lag (`--wait` waits for that), e.g. after a fault.
+missing), every row whose offset the topic still holds comes from it (none extra; rows older than the
+topic's retention are counted apart), and `customer_stats` equals the rows' aggregates customer by
+customer. Run it once the group has no lag (`--wait` waits for that) and the producer is stopped.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ class Audit:
     repeated_ids: int  # valid order ids that the topic holds more than once (producer re-sends)
     invalid_messages: int  # messages the consumers dead-letter
     rows: int
+    expired_rows: int  # rows from offsets the topic no longer holds (retention)
     missing: tuple[str, ...]  # valid in the topic, not in orders
-    extra: tuple[str, ...]  # in orders, not in the topic
-    stats_match: bool
+    extra: tuple[str, ...]  # in orders from a retained offset, not in the topic
+    stats_mismatches: int  # customers whose customer_stats differ from their rows
+
+    @property
+    def stats_match(self) -> bool:
+        return self.stats_mismatches == 0
 
     @property
     def ok(self) -> bool:
@@ -43,17 +49,26 @@ class Audit:
         return [
             f"topic: {self.topic_messages} messages, {self.valid_ids} distinct valid order ids "
             f"({self.repeated_ids} present more than once), {self.invalid_messages} invalid",
-            f"orders: {self.rows} rows",
+            f"orders: {self.rows} rows ({self.expired_rows} from offsets past the topic's retention)",
             f"missing from orders: {len(self.missing)}{sample(self.missing)}",
             f"in orders but not in the topic: {len(self.extra)}{sample(self.extra)}",
-            f"customer_stats {'match' if self.stats_match else 'DO NOT match'} the rows",
+            "customer_stats match the rows" if self.stats_match else
+            f"customer_stats DO NOT match the rows for {self.stats_mismatches} customers",
             "verdict: " + ("OK, every order in the topic is in PostgreSQL exactly once" if self.ok else "FAILED"),
         ]
 
 
-def topic_order_ids(settings: Settings, timeout: float = 120.0) -> tuple[Counter[str], int, int]:
-    """(valid order id -> times in the topic, messages read, invalid messages), read from offset 0
-    up to each partition's end offset at the start of the read."""
+@dataclass
+class TopicContent:
+    ids: Counter[str]  # valid order id -> times in the topic
+    messages: int
+    invalid: int
+    first_offsets: dict[int, int]  # partition -> its oldest retained offset
+
+
+def topic_order_ids(settings: Settings, timeout: float = 120.0) -> TopicContent:
+    """Every message of the orders topic, from the oldest retained offset up to each partition's end
+    offset at the start of the read."""
     reader = Consumer({**settings.kafka_common(), "group.id": f"{settings.consumer_group_id}-audit",
                        "enable.auto.commit": False, "client.id": settings.client_id()})
     ids: Counter[str] = Counter()
@@ -82,25 +97,34 @@ def topic_order_ids(settings: Settings, timeout: float = 120.0) -> tuple[Counter
                     del todo[p]
     finally:
         reader.close()
-    return ids, messages, invalid
+    return TopicContent(ids, messages, invalid, {p: low for p, (low, _high) in ends.items()})
+
+
+# customer_stats against the aggregates of each customer's rows (a FULL JOIN: a customer on one side only
+# is a mismatch too).
+STATS_MISMATCHES = """
+    SELECT count(*) FROM customer_stats s
+    FULL JOIN (SELECT customer_id, count(*) AS n, sum(total_amount) AS spent FROM orders GROUP BY customer_id) o
+           USING (customer_id)
+    WHERE s.order_count IS DISTINCT FROM o.n OR s.total_spent IS DISTINCT FROM o.spent"""
 
 
 def audit(settings: Settings) -> Audit:
-    ids, messages, invalid = topic_order_ids(settings)
+    topic = topic_order_ids(settings)
     with psycopg2.connect(settings.database_url, connect_timeout=10) as conn, conn.cursor() as cur:
-        cur.execute("SELECT order_id FROM orders")
-        rows = [r[0] for r in cur.fetchall()]
-        cur.execute("""
-            SELECT (SELECT coalesce(sum(total_spent), 0) FROM customer_stats) = coalesce(sum(total_amount), 0)
-               AND (SELECT coalesce(sum(order_count), 0) FROM customer_stats) = count(*)
-            FROM orders""")
-        stats_match = bool(cur.fetchone()[0])  # type: ignore[index]
-    stored = set(rows)
+        cur.execute("SELECT order_id, kafka_partition, kafka_offset FROM orders")
+        rows = cur.fetchall()
+        cur.execute(STATS_MISMATCHES)
+        mismatches = int(cur.fetchone()[0])  # type: ignore[index]
+    retained = {order_id for order_id, partition, offset in rows
+                if offset >= topic.first_offsets.get(partition, 0)}
+    stored = {order_id for order_id, _, _ in rows}
     return Audit(
-        topic_messages=messages, valid_ids=len(ids), repeated_ids=sum(1 for n in ids.values() if n > 1),
-        invalid_messages=invalid, rows=len(rows),
-        missing=tuple(sorted(set(ids) - stored)), extra=tuple(sorted(stored - set(ids))),
-        stats_match=stats_match,
+        topic_messages=topic.messages, valid_ids=len(topic.ids),
+        repeated_ids=sum(1 for n in topic.ids.values() if n > 1), invalid_messages=topic.invalid,
+        rows=len(rows), expired_rows=len(stored - retained),
+        missing=tuple(sorted(set(topic.ids) - stored)), extra=tuple(sorted(retained - set(topic.ids))),
+        stats_mismatches=mismatches,
     )
 
 

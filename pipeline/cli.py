@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import xmlrpc.client
 from collections.abc import Sequence
@@ -76,8 +77,9 @@ def cmd_down(args: argparse.Namespace, _settings: Settings) -> int:
     config = ServicesConfig.from_env()
     keeper = keeper_process(config)
     if keeper.pid() is not None:
-        keeper.stop(timeout=240)
-        print("keeper: programs stopped, supervisord shut down, servers stopped")
+        keeper.stop(timeout=300)
+        print("keeper: programs stopped, supervisord shut down")
+        LocalServices(config).stop()  # normally the keeper's last step; again in case it was cut short
         return 0
     print("supervisord: programs stopped, supervisord shut down" if ops.stop_supervisord()
           else "supervisord: not running")
@@ -261,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if os.environ.get("PIPELINE_HOST_INSTALL") == "1" and args.command in ("up", "down", "services"):
+        print(f"error: on an installed host systemd runs the servers and supervisord: "
+              f"systemctl {'stop' if args.command == 'down' else 'start'} food-orders.target "
+              "(systemctl status 'food-orders*' for their state)", file=sys.stderr)
+        return 2
     try:
         settings = load_settings()
         setup_logging("pipeline", "WARNING", settings.log_format)

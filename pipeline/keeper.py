@@ -15,6 +15,7 @@ PostgreSQL, and every server start waits for readiness, which supervisord cannot
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,8 +33,11 @@ from pipeline.ops import SupervisordPaths, await_supervisord, supervisord_paths
 from pipeline.services import LocalServices, ManagedProcess, ServiceError, ServicesConfig
 
 CHECK_EVERY = 0.5
-RETRY_MAX = 30.0  # longest pause between two tries of a server that keeps failing to start
+RETRY_MAX = 30.0  # longest pause between two tries of something that keeps failing to start
 PROGRAM_STOP_WAIT = 40.0  # above the programs' stopwaitsecs (30 s)
+# Set in supervisord's environment, so inherited by every program it starts: how the keeper finds the
+# programs of a supervisord that died (by value, not by a path that symlinks could spell two ways).
+KEEPER_TAG = "PIPELINE_KEEPER"
 
 
 class Keeper:
@@ -41,7 +45,9 @@ class Keeper:
         self.services = services
         self.paths = paths
         self.stop_requested = threading.Event()
-        self.supervisord: int | None = None
+        self.signal_name = ""
+        self.supervisord: subprocess.Popen[bytes] | None = None
+        self.tag = f"{os.getpid()}@{paths.conf}"
         self.next_try: dict[str, float] = {}
         self.delay: dict[str, float] = {}
 
@@ -52,16 +58,19 @@ class Keeper:
         while not self.stop_requested.wait(CHECK_EVERY):
             self._reap()
             for server in self.services.all():
-                if server.pid() is None:
+                if server.pid() is None and not self.stop_requested.is_set():
                     self._restart_server(server)
-            if self.supervisord is not None and not _alive(self.supervisord):
+            if self.supervisord is not None and self.supervisord.poll() is not None:
                 self._supervisord_died()
+            elif self.supervisord is None and time.monotonic() >= self.next_try.get("supervisord", 0.0):
+                self._try_start_supervisord()
+        logger.info("{} received: stopping supervisord (programs first), then the servers", self.signal_name)
         self._shutdown()
         return 0
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
-        logger.info("{} received: stopping supervisord (programs first), then the servers",
-                    signal.Signals(signum).name)
+        # Only set a flag: logging here could re-enter a log call the main thread is in.
+        self.signal_name = signal.Signals(signum).name
         self.stop_requested.set()
 
     # -- servers --------------------------------------------------------------------------------
@@ -73,15 +82,20 @@ class Keeper:
         started = time.monotonic()
         try:
             pid = server.start(timeout=120)
-        except ServiceError as e:
-            delay = min(self.delay.get(server.name, 1.0) * 2, RETRY_MAX)
-            self.delay[server.name] = delay
-            self.next_try[server.name] = time.monotonic() + delay
-            logger.error("{} did not start: {}; next try in {:.0f}s\n{}", server.name, e, delay, e.log_tail)
+        except (ServiceError, OSError) as e:
+            delay = self._back_off(server.name)
+            tail = e.log_tail if isinstance(e, ServiceError) else ""
+            logger.error("{} did not start: {}; next try in {:.0f}s\n{}", server.name, e, delay, tail)
             return
         self.delay.pop(server.name, None)
         logger.info("{} ready again, pid {}, {:.1f}s after the restart began", server.name, pid,
                     time.monotonic() - started)
+
+    def _back_off(self, name: str) -> float:
+        delay = min(self.delay.get(name, 0.5) * 2, RETRY_MAX)
+        self.delay[name] = delay
+        self.next_try[name] = time.monotonic() + delay
+        return delay
 
     # -- supervisord ----------------------------------------------------------------------------
 
@@ -92,68 +106,75 @@ class Keeper:
         proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "-c", str(self.paths.conf)],
             cwd=self.paths.conf.parent, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env={**os.environ, KEEPER_TAG: self.tag},
         )
-        self.supervisord = proc.pid
-        await_supervisord(30, alive=lambda: _alive(proc.pid))
+        self.supervisord = proc
+        await_supervisord(30, alive=lambda: proc.poll() is None)
+        self.delay.pop("supervisord", None)
         logger.info("supervisord running, pid {} ({})", proc.pid, self.paths.conf)
 
-    def _supervisord_died(self) -> None:
-        logger.warning("supervisord (pid {}) died: stopping its orphaned programs, then starting it again",
-                       self.supervisord)
-        self.supervisord = None
-        self._stop_orphans()
+    def _try_start_supervisord(self) -> None:
         try:
             self._start_supervisord()
         except (FatalError, OSError) as e:
-            logger.error("supervisord did not start again: {}; next try in {:.0f}s", e, CHECK_EVERY)
+            if self.supervisord is not None and self.supervisord.poll() is None:
+                self.supervisord.kill()  # started but never answered: not half-running
+            self.supervisord = None
+            logger.error("supervisord did not start: {}; next try in {:.0f}s", e, self._back_off("supervisord"))
+
+    def _supervisord_died(self) -> None:
+        assert self.supervisord is not None
+        logger.warning("supervisord (pid {}) died: stopping its orphaned programs, then starting it again",
+                       self.supervisord.pid)
+        self.supervisord = None
+        self._stop_orphans()
+        self._try_start_supervisord()
 
     def _stop_orphans(self) -> None:
-        """Programs of a supervisord that is gone: SIGTERM (finish the batch, commit), SIGKILL later."""
-        url = f"unix://{self.paths.socket}"
-        orphans = []
+        """Programs of a supervisord that is gone: SIGTERM (finish the batch, commit), SIGKILL later.
+        The producer goes first, so the consumers still take its last orders."""
+        orphans: list[tuple[psutil.Process, str]] = []
         for proc in psutil.process_iter():
             try:
-                if proc.environ().get("SUPERVISOR_SERVER_URL") == url:
-                    orphans.append(proc)
+                env = proc.environ()
             except psutil.Error:
                 continue
-        for proc in orphans:
-            logger.info("stopping orphaned program pid {} ({})", proc.pid,
-                        proc.environ().get("SUPERVISOR_PROCESS_NAME", "?"))
-            proc.terminate()
-        _, alive = psutil.wait_procs(orphans, timeout=PROGRAM_STOP_WAIT)
-        for proc in alive:
-            logger.warning("orphaned program pid {} ignored SIGTERM for {:.0f}s: SIGKILL", proc.pid,
-                           PROGRAM_STOP_WAIT)
-            proc.kill()
+            if env.get(KEEPER_TAG) == self.tag and proc.pid != os.getpid():
+                orphans.append((proc, env.get("SUPERVISOR_PROCESS_NAME", "?")))
+        producers = [p for p, name in orphans if name == "producer"]
+        for group in (producers, [p for p, name in orphans if name != "producer"]):
+            for proc in group:
+                logger.info("stopping orphaned program pid {} ({})", proc.pid, dict(orphans)[proc])
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.terminate()
+            _, alive = psutil.wait_procs(group, timeout=PROGRAM_STOP_WAIT)
+            for proc in alive:
+                logger.warning("orphaned program pid {} ignored SIGTERM for {:.0f}s: SIGKILL", proc.pid,
+                               PROGRAM_STOP_WAIT)
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
 
     # -- the end --------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        if self.supervisord is not None and _alive(self.supervisord):
-            os.kill(self.supervisord, signal.SIGTERM)  # supervisord stops its groups in priority order
-            deadline = time.monotonic() + 150
-            while _alive(self.supervisord) and time.monotonic() < deadline:
-                self._reap()
-                time.sleep(0.2)
+        if self.supervisord is not None and self.supervisord.poll() is None:
+            self.supervisord.terminate()  # supervisord stops its groups in priority order
+            try:
+                self.supervisord.wait(150)
+            except subprocess.TimeoutExpired:
+                self.supervisord.kill()
             logger.info("supervisord stopped")
         self.services.stop(say=logger.info)
 
-    @staticmethod
-    def _reap() -> None:
-        """Collect exited children (servers and supervisord are ours; nobody else waits for them)."""
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    def _reap(self) -> None:
+        """Collect exited servers (ManagedProcess forgets its Popen); supervisord is waited for by poll()."""
+        keep = self.supervisord.pid if self.supervisord is not None else None
+        for child in psutil.Process().children():
+            if child.pid == keep:
+                continue
+            with contextlib.suppress(ChildProcessError, psutil.Error):
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
 
 
 def keeper_process(config: ServicesConfig) -> ManagedProcess:
@@ -187,7 +208,7 @@ def main() -> int:
         logger.error("{}", e)
         if isinstance(e, ServiceError) and e.log_tail:
             logger.error("{}", e.log_tail)
-        keeper.services.stop(say=logger.info)
+        keeper._shutdown()  # whatever it had started, supervisord included
         return 1
 
 

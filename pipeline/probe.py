@@ -1,6 +1,6 @@
 """`food-orders-server`: the waits systemd units need around a server's start (ExecStartPre/Post).
 
-  await-ready zookeeper --port P       until ZooKeeper answers `ruok`
+  await-ready zookeeper --port P       until ZooKeeper serves (`srvr` names its mode)
   await-ready kafka --port P           until the broker answers metadata with a controller
   await-ready supervisord --conf FILE  until supervisord answers on its socket
   await-zookeeper-release --port P     until no ZooKeeper session holds /brokers/ids/<id>
@@ -16,14 +16,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from pipeline.services.process import ServiceError, tcp_answers
+from pipeline.services.process import ServiceError
 from pipeline.services.servers import broker_answers
-from pipeline.services.zookeeper import await_broker_released
+from pipeline.services.zookeeper import await_broker_released, zookeeper_serving
 
 
 def _probe(args: argparse.Namespace) -> Callable[[], bool]:
     if args.server == "zookeeper":
-        return lambda: tcp_answers(args.port, b"ruok", b"imok")
+        return lambda: zookeeper_serving(args.port)
     if args.server == "kafka":
         return lambda: broker_answers(f"127.0.0.1:{args.port}")
     os.environ["PIPELINE_SUPERVISORD_CONF"] = args.conf

@@ -68,8 +68,9 @@ def client_id(prefix: str, hostname: str | None = None, pid: int | None = None) 
 
 
 def kafka_lib() -> Path:
-    """Where the Kafka jars are: $PIPELINE_PREFIX/kafka/lib (relative paths from the checkout)."""
-    prefix = Path(os.environ.get("PIPELINE_PREFIX", ".local"))
+    """Where the Kafka jars are: $PIPELINE_PREFIX/kafka/lib, from the environment or the env file
+    (an installed host names /opt/food-orders there); relative paths are from the checkout."""
+    prefix = Path(environment().get("PIPELINE_PREFIX", ".local"))
     return (prefix if prefix.is_absolute() else REPO / prefix) / "kafka" / "lib"
 
 

@@ -177,11 +177,6 @@ def free_port() -> int:
         return port
 
 
-def tcp_answers(port: int, payload: bytes, expect: bytes, timeout: float = 1.0) -> bool:
-    """Send payload to 127.0.0.1:port and check the reply starts with expect (ZooKeeper 4lw)."""
-    return tcp_exchange(port, payload, timeout).startswith(expect)
-
-
 def tcp_exchange(port: int, payload: bytes, timeout: float = 1.0) -> bytes:
     """Send payload to 127.0.0.1:port and read the whole reply (the server closes after a 4lw)."""
     chunks = []

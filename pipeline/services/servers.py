@@ -20,8 +20,8 @@ from string import Template
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pipeline.services.process import ManagedProcess, RunAs, ServiceError, tcp_answers
-from pipeline.services.zookeeper import await_broker_released
+from pipeline.services.process import ManagedProcess, RunAs, ServiceError
+from pipeline.services.zookeeper import await_broker_released, zookeeper_serving
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_DEPLOY = REPO / "deploy" / "kafka"
@@ -126,7 +126,7 @@ class LocalServices:
             log_file=self.root / "log" / "zookeeper.out",
             extra_logs=[self.root / "log" / "zookeeper.log"],
             ports=[c.zookeeper_port],
-            ready=lambda: tcp_answers(c.zookeeper_port, b"ruok", b"imok"),
+            ready=lambda: zookeeper_serving(c.zookeeper_port),
             marker=str(conf),
         )
 

@@ -19,11 +19,21 @@ from pipeline.services.process import ServiceError, tcp_exchange
 SESSION_TIMEOUT_S = 10.0
 
 
+def zookeeper_serving(port: int) -> bool:
+    """ZooKeeper serves requests (`srvr` names its mode); `ruok` says imok before the database is loaded."""
+    return b"Mode: " in tcp_exchange(port, b"srvr", timeout=2.0)
+
+
 def broker_registered(zookeeper_port: int, broker_id: int = 0) -> bool | None:
-    """True while some session holds /brokers/ids/<id>; None when ZooKeeper does not answer."""
+    """True while some session holds /brokers/ids/<id>, False when none does; None when ZooKeeper is
+    not serving yet (starting, loading its snapshot: it may still restore the old session)."""
     try:
         dump = tcp_exchange(zookeeper_port, b"dump", timeout=2.0).decode("utf-8", "replace")
+    except ConnectionRefusedError:
+        return False  # nothing listens: the broker waits for ZooKeeper itself
     except OSError:
+        return None
+    if "Sessions with Ephemerals" not in dump:  # "not currently serving requests", or dump not allowed
         return None
     return any(line.strip() == f"/brokers/ids/{broker_id}" for line in dump.splitlines())
 
@@ -33,13 +43,14 @@ def await_broker_released(zookeeper_port: int, broker_id: int = 0,
                           say: Callable[[str], None] | None = None) -> float:
     """Wait until no session holds the broker's node; returns the seconds waited.
 
-    ZooKeeper not answering is not waited for here: the broker itself waits for it to connect
-    (`zookeeper.connection.timeout.ms`), and a ZooKeeper that restarts expires stale sessions anyway."""
+    ZooKeeper not listening at all is not waited for here: the broker itself waits for it to connect
+    (`zookeeper.connection.timeout.ms`). A ZooKeeper that listens but does not serve yet is waited for:
+    it may restore the old session from its snapshot."""
     started = time.monotonic()
     told = False
     while True:
         held = broker_registered(zookeeper_port, broker_id)
-        if not held:
+        if held is False:
             return time.monotonic() - started
         if not told and say is not None:
             say(f"kafka: broker {broker_id} still registered in ZooKeeper by a previous session; "

@@ -205,7 +205,7 @@ def test_installing_again_changes_nothing(host: SystemdSandbox) -> None:
     files = sh(host, snapshot)
     supervisord = host.main_pid("food-orders.service")
     out = host.run(INSTALL, timeout=300).stdout
-    assert "nothing changed" in out and "food-orders.env kept" in out and "numprocs=3" in out, out
+    assert "nothing changed" in out and "food-orders.env kept" in out and "numprocs=3 (kept)" in out, out
     assert sh(host, snapshot) == files
     assert host.main_pid("food-orders.service") == supervisord, "an install with no change restarted supervisord"
     assert "PRODUCER_RATE=300" in sh(host, "cat /etc/food-orders/food-orders.env")

@@ -103,7 +103,7 @@ def test_keeper_repairs_kill_9_of_every_process_and_nothing_is_lost(host: Superv
         started = time.monotonic()
         os.kill(killed, signal.SIGKILL)
         if name == "supervisord":
-            wait_for(lambda: (p := programs_running(sup)) and not set(p.values()) & set(old_programs.values()),
+            wait_for(lambda old=old_programs: (p := programs_running(sup)) and not set(p.values()) & set(old.values()),
                      60, "supervisord and its programs back, with new pids")
         else:
             wait_for(lambda n=name, k=killed: server_pid(sup, n) not in (None, k) and f"{n} ready again"
