@@ -23,10 +23,11 @@ from bench.context import (
 from bench.measure import (
     CpuMeter,
 )
+from pipeline.batch import OrderRow
 from pipeline.consumer import consumer_config
 from pipeline.orders import Order, decode_order
 from pipeline.producer import producer_config
-from pipeline.store import _COLUMNS, _INSERT, _STAGING, OrderRow, OrderStore
+from pipeline.store import COLUMNS, INSERT_SQL, STAGING_TABLE_SQL, OrderStore
 
 # -- ceilings ------------------------------------------------------------------------------------
 
@@ -119,12 +120,12 @@ def ceiling_postgres(b: Bench) -> Result:
         assert isinstance(order, Order)
         rows.append(OrderRow(order, partition, offset))
     formatter = OrderStore("postgresql://unused@localhost/unused", "bench-pg-ceiling")
-    chunks = ["".join(formatter._copy_line(r) for r in rows[i:i + batch]) for i in range(0, len(rows), batch)]
+    chunks = ["".join(formatter.copy_line(r) for r in rows[i:i + batch]) for i in range(0, len(rows), batch)]
     url = b.infra.new_database("ceiling")
     OrderStore(url, "bench").migrate()
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:
-        cur.execute(_STAGING)
+        cur.execute(STAGING_TABLE_SQL)
     conn.commit()
     n = len(rows)
     task = b.task("ceiling: PostgreSQL COPY + INSERT", n)
@@ -134,8 +135,8 @@ def ceiling_postgres(b: Bench) -> Result:
     inserted = 0
     with conn.cursor() as cur:
         for i, text in enumerate(chunks):
-            cur.copy_expert(f"COPY orders_staging ({_COLUMNS}) FROM STDIN", io.StringIO(text))
-            cur.execute(_INSERT)
+            cur.copy_expert(f"COPY orders_staging ({COLUMNS}) FROM STDIN", io.StringIO(text))
+            cur.execute(INSERT_SQL)
             inserted += (cur.fetchone() or (0,))[0]
             conn.commit()
             if i % 20 == 0:
@@ -163,8 +164,8 @@ def ceiling_postgres(b: Bench) -> Result:
     store.close()
     b.progress.update(task2, completed=n)
     return {"rows": n, "batch": batch, "seconds": round(seconds, 3), "rate": rate(n, seconds), "cpu_s": cpu_s,
-            "method": "raw COPY of pre-formatted text (OrderStore._copy_line, built before the clock) into "
-                      "orders_staging + pipeline.store._INSERT (ON CONFLICT DO NOTHING + customer_stats), "
+            "method": "raw COPY of pre-formatted text (OrderStore.copy_line, built before the clock) into "
+                      "orders_staging + pipeline.store.INSERT_SQL (ON CONFLICT DO NOTHING + customer_stats), "
                       "one transaction per batch, one connection",
             "store_write": {"seconds": round(seconds2, 3), "rate": rate(n, seconds2),
                             "method": "OrderStore.write(batch) on pre-built OrderRows (formats COPY lines in "

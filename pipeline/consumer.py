@@ -1,38 +1,28 @@
 """The consumer process: `python -m pipeline.consumer` (supervisord's `[program:consumer]`).
 
-Each batch goes through the same numbered steps, so offsets never run ahead of the database:
-  1. consume a batch (up to CONSUMER_BATCH_SIZE messages or CONSUMER_BATCH_TIMEOUT_MS)
-  2. decode + validate (pure)
-  3. write the valid orders in one PostgreSQL transaction
-  4. send invalid ones, conflicts and rows PostgreSQL refused to the DLQ, and wait for delivery
-  5. commit the batch's offsets
-A retryable failure in 3-5 keeps the batch, pauses the assignment (polling goes on, so the group
-membership holds), backs off and retries; nothing is committed meanwhile.
+The loop itself is `pipeline.consumer_loop.ConsumerLoop`; this module builds its Kafka client (the
+`KafkaSource` adapter over confluent-kafka), its store and its DLQ, and runs it until SIGTERM.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from types import FrameType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from loguru import logger
 
-from pipeline import faults, runtime
-from pipeline.batch import Batch, DeadLetter, decode_batch
+from pipeline import runtime
+from pipeline.consumer_loop import ConsumerLoop, LoopPolicy, RebalanceListener
 from pipeline.dlq import DeadLetterQueue
-from pipeline.errors import FatalError, RetryableError
+from pipeline.errors import CommitNotSent, FatalError
 from pipeline.kafka_admin import ensure_topics
 from pipeline.logs import KafkaErrorLog, kafka_logger
-from pipeline.offsets import OffsetTracker
-from pipeline.runtime import BACKOFF_MAX, BACKOFF_START
+from pipeline.offsets import TP
 from pipeline.settings import Settings
-from pipeline.store import OrderStore, WriteResult
-
-STATS_EVERY = 10.0
+from pipeline.store import OrderStore
 
 
 def consumer_config(settings: Settings, client_id: str) -> dict[str, str | int | bool]:
@@ -56,188 +46,75 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, str | int |
     return config
 
 
-class OrderConsumer:
-    """One member of the consumer group writing orders to PostgreSQL."""
+class KafkaConsumer:
+    """confluent_kafka.Consumer as the loop's `KafkaSource`: error events logged (rate-limited) and
+    kept out of the records, commit answers and rebalances passed on as (topic, partition) pairs."""
 
-    def __init__(self, settings: Settings, store: OrderStore, dlq: DeadLetterQueue, client_id: str) -> None:
-        self.settings = settings
-        self.store = store
-        self.dlq = dlq
-        self.client_id = client_id
-        self.kafka_errors = KafkaErrorLog()
-        config = {**consumer_config(settings, client_id), "on_commit": self._on_commit, "error_cb": self.kafka_errors}
-        self.kafka = Consumer(config, logger=kafka_logger())
-        self.stopping = False
-        self.degraded = False  # a dependency is down: the assignment is paused
-        self.pending: Batch | None = None  # consumed, not yet fully processed
-        self.offsets = OffsetTracker()
-        self.fatal: str | None = None  # set by a callback, raised by the loop
-        self._last_commit_try = 0.0
-        self.totals = {"batches": 0, "inserted": 0, "duplicates": 0, "dead": 0}
-        self._last_stats = time.monotonic()
+    def __init__(self, settings: Settings, client_id: str) -> None:
+        self._topic = settings.kafka_topic
+        self._instance_id = settings.consumer_instance_id
+        self._errors = KafkaErrorLog()
+        self._fenced: str | None = None
+        self._listener: RebalanceListener | None = None
+        config = {**consumer_config(settings, client_id), "on_commit": self._on_commit, "error_cb": self._errors}
+        self._consumer = Consumer(config, logger=kafka_logger())
 
-    # -- the loop -----------------------------------------------------------------------------
+    def subscribe(self, listener: RebalanceListener) -> None:
+        self._listener = listener
 
-    def run(self) -> None:
-        self.kafka.subscribe([self.settings.kafka_topic], on_assign=self._on_assign,
-                             on_revoke=self._on_revoke, on_lost=self._on_lost)
-        backoff = BACKOFF_START
-        while not self.stopping:
-            if self.fatal or self.kafka_errors.fatal:
-                raise FatalError(self.fatal or self.kafka_errors.fatal or "")
-            if self.pending is None:
-                self.pending = self._consume_batch()  # steps 1 + 2
-                if not len(self.pending):
-                    self.pending = None
-                    self._retry_commit()
-                    self._log_stats()
-                    continue
-            try:
-                self._process(self.pending)  # steps 3-5
-            except RetryableError as e:
-                self._degrade(e, backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
-            self.pending = None
-            backoff = BACKOFF_START
-            if self.degraded:
-                self._recover()
-            self._log_stats()
-        self._shutdown()
+        def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            consumer.incremental_assign(partitions)
+            listener.assigned(_pairs(partitions))
 
-    def _consume_batch(self) -> Batch:
-        """What the client has already fetched, up to the batch size; when nothing is there, wait up to
-        the batch timeout for the first message only. Full batches under load, no timer at low rates."""
-        size = self.settings.consumer_batch_size
-        messages = self.kafka.consume(size, 0)
-        if not messages:
-            first = self.kafka.poll(self.settings.consumer_batch_timeout_ms / 1000)
-            messages = [first, *self.kafka.consume(size - 1, 0)] if first is not None else []
-        # A rebalance callback can run inside consume(): keep only partitions still ours.
-        owned = self.offsets.owned
-        return decode_batch([m for m in self._without_errors(messages) if (m.topic(), m.partition()) in owned])
+        self._consumer.subscribe([self._topic], on_assign=on_assign,
+                                 on_revoke=lambda _c, partitions: listener.revoked(_pairs(partitions)),
+                                 on_lost=lambda _c, partitions: listener.lost(_pairs(partitions)))
 
-    def _process(self, batch: Batch) -> None:
-        result = self._write(batch)  # 3
-        faults.point("after_db_commit")
-        self._dead_letter(batch, result)  # 4
-        faults.point("after_dlq")
-        self.offsets.processed(batch.next_offsets)
-        self._commit()  # 5 (asynchronous: the broker's answer arrives in _on_commit)
-        self.totals["batches"] += 1
-        self.totals["inserted"] += result.inserted
-        self.totals["duplicates"] += result.duplicates
-        self.totals["dead"] += len(batch.dead) + len(result.rejected)
+    def consume(self, max_messages: int, timeout: float) -> list[Message[bytes, bytes]]:
+        return self._without_errors(self._consumer.consume(max_messages, timeout))
 
-    def _write(self, batch: Batch) -> WriteResult:
-        return self.store.write(batch.rows)
+    def poll(self, timeout: float) -> Message[bytes, bytes] | None:
+        msg = self._consumer.poll(timeout)
+        return None if msg is None or not self._without_errors([msg]) else msg
 
-    def _dead_letter(self, batch: Batch, result: WriteResult) -> None:
-        """Invalid messages plus rows the store refused, each with its original key and value bytes."""
-        originals = {(m.partition(), m.offset()): m for m in batch.messages} if result.rejected else {}
-        refused = []
-        for row, err in result.rejected:
-            msg = originals[(row.partition, row.offset)]
-            refused.append(DeadLetter(_bytes(msg.key()), _bytes(msg.value()), self.settings.kafka_topic,
-                                      row.partition, row.offset, err.code, err.detail))
-        self.dlq.send([*batch.dead, *refused])
+    def assignment(self) -> list[TP]:
+        return _pairs(self._consumer.assignment())
 
-    def _commit(self) -> None:
-        """Send the offsets of everything written and dead-lettered; confirmations come in _on_commit."""
-        offsets = self.offsets.to_commit()
-        if not offsets:
-            return
-        self._last_commit_try = time.monotonic()
+    def pause(self, partitions: list[TP]) -> None:
+        self._consumer.pause([TopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: list[TP]) -> None:
+        self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
+
+    def commit_async(self, offsets: dict[TP, int]) -> None:
         try:
-            self.kafka.commit(offsets=_tps(offsets), asynchronous=True)
-        except KafkaException as e:  # e.g. no coordinator right now: the idle loop tries again
-            logger.info("offset commit not sent ({}); retried shortly", e.args[0].str())
-
-    def _commit_now(self, only: set[tuple[str, int]] | None = None) -> None:
-        """Synchronous commit, before partitions are handed over and at shutdown."""
-        offsets = self.offsets.to_commit(only)
-        if not offsets:
-            return
-        try:
-            result = self.kafka.commit(offsets=_tps(offsets), asynchronous=False)
+            self._consumer.commit(offsets=_tps(offsets), asynchronous=True)
         except KafkaException as e:
-            logger.warning("commit failed ({}); the next owner redoes that work, the DB dedupes", e.args[0].str())
-            return
-        stored = {(tp.topic, tp.partition): tp.offset for tp in result or [] if tp.error is None}
-        self.offsets.confirm(stored)
-        logger.info("committed {}", {f"{t}[{p}]": o for (t, p), o in stored.items()})
-        if len(stored) < len(offsets):
-            logger.warning("commit refused for {} partition(s); the next owner redoes that work",
-                           len(offsets) - len(stored))
+            raise CommitNotSent(e.args[0].str()) from e
+
+    def commit_sync(self, offsets: dict[TP, int]) -> dict[TP, int]:
+        try:
+            result = self._consumer.commit(offsets=_tps(offsets), asynchronous=False)
+        except KafkaException as e:
+            raise CommitNotSent(e.args[0].str()) from e
+        return {(tp.topic, tp.partition): tp.offset for tp in result or [] if tp.error is None}
+
+    def fatal_error(self) -> str | None:
+        return self._fenced or self._errors.fatal
+
+    def close(self) -> None:
+        self._consumer.close()
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if self._listener is None:
+            return
         if err is None:
-            self.offsets.confirm({(tp.topic, tp.partition): tp.offset for tp in partitions if tp.error is None})
+            self._listener.committed({(tp.topic, tp.partition): tp.offset for tp in partitions if tp.error is None},
+                                     None)
         elif err.code() == KafkaError.FENCED_INSTANCE_ID:
-            self.fatal = f"another process uses group.instance.id {self.settings.consumer_instance_id}"
+            self._fenced = f"another process uses group.instance.id {self._instance_id}"
         elif err.code() != KafkaError._NO_OFFSET:
-            # Mid-rebalance refusals (ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS...): sent again when idle.
-            logger.info("offset commit refused ({}); retried shortly", err.str())
-
-    def _retry_commit(self) -> None:
-        """Offsets not yet confirmed, sent again while no new batch comes (at most once a second)."""
-        if time.monotonic() - self._last_commit_try >= 1.0:
-            self._commit()
-
-    # -- degraded mode: a dependency is down ---------------------------------------------------
-
-    def _degrade(self, error: RetryableError, backoff: float) -> None:
-        assignment = self.kafka.assignment()
-        if not self.degraded:
-            logger.warning("{}; pausing {} partition(s), keeping the batch of {}, retrying with backoff",
-                           error, len(assignment), len(self.pending or []))
-            self.degraded = True
-        else:
-            logger.info("still unavailable ({}); next retry in {:.1f}s", error, backoff)
-        self.kafka.pause(assignment)
-        self._poll_paused(backoff)
-
-    def _poll_paused(self, seconds: float) -> None:
-        """Keep polling while paused so the group membership holds; keep anything that still arrives."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < deadline:
-            messages = self.kafka.consume(self.settings.consumer_batch_size,
-                                          min(0.5, max(0.0, deadline - time.monotonic())))
-            late = self._without_errors(messages)
-            if late and self.pending is not None:
-                self.pending = decode_batch([*self.pending.messages, *late])
-
-    def _recover(self) -> None:
-        self.degraded = False
-        assignment = self.kafka.assignment()
-        self.kafka.resume(assignment)
-        logger.info("dependency back; resumed {} partition(s)", len(assignment))
-
-    # -- rebalance callbacks (run inside consume()) --------------------------------------------
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        consumer.incremental_assign(partitions)
-        self.offsets.assigned((tp.topic, tp.partition) for tp in partitions)
-        if self.degraded:
-            consumer.pause(partitions)
-        logger.info("assigned {}", _names(partitions) or "nothing new")
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        self._commit_now(gone)  # what we wrote must be committed before the next owner starts
-        self._forget(gone)
-        logger.info("revoked {}", _names(partitions))
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._forget({(tp.topic, tp.partition) for tp in partitions})
-        logger.warning("lost {} (session timed out); the new owner redoes uncommitted work", _names(partitions))
-
-    def _forget(self, gone: set[tuple[str, int]]) -> None:
-        self.offsets.forget(gone)
-        if self.pending is not None:
-            self.pending = self.pending.without_partitions(gone)
-
-    # -- helpers --------------------------------------------------------------------------------
+            self._listener.committed({}, err.str())
 
     def _without_errors(self, messages: Sequence[Message[bytes, bytes]]) -> list[Message[bytes, bytes]]:
         """The messages; error events go to the same rate-limited log as the client's error_cb."""
@@ -247,44 +124,18 @@ class OrderConsumer:
             if err is None:
                 good.append(msg)
             else:
-                self.kafka_errors(err)
-                if self.kafka_errors.fatal:
-                    raise FatalError(self.kafka_errors.fatal)
+                self._errors(err)
+                if self._errors.fatal:
+                    raise FatalError(self._errors.fatal)
         return good
 
-    def _log_stats(self) -> None:
-        now = time.monotonic()
-        if now - self._last_stats >= STATS_EVERY:
-            logger.info("batches {batches}, orders inserted {inserted}, redelivered {duplicates}, "
-                        "dead-lettered {dead}", **self.totals)
-            self._last_stats = now
 
-    def stop(self, signum: int, _frame: FrameType | None) -> None:
-        logger.info("{} received: finishing the current batch", signal.Signals(signum).name)
-        self.stopping = True
-
-    def _shutdown(self) -> None:
-        if self.pending is not None and len(self.pending):
-            logger.warning("stopping with {} unwritten message(s); they stay uncommitted and are redelivered",
-                           len(self.pending))
-        self._commit_now()
-        self.kafka.close()
-        self.dlq.close()
-        self.store.close()
-        logger.info("stopped: batches {batches}, inserted {inserted}, redelivered {duplicates}, "
-                    "dead-lettered {dead}", **self.totals)
+def _pairs(partitions: list[TopicPartition]) -> list[TP]:
+    return [(tp.topic, tp.partition) for tp in partitions]
 
 
-def _tps(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
+def _tps(offsets: dict[TP, int]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-
-
-def _bytes(data: bytes | str | None) -> bytes | None:
-    return data.encode() if isinstance(data, str) else data
-
-
-def _names(partitions: list[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
 
 
 def prepare(settings: Settings, store: OrderStore) -> None:
@@ -294,21 +145,28 @@ def prepare(settings: Settings, store: OrderStore) -> None:
 
 
 def main() -> int:
-    settings = runtime.start("consumer")
+    settings = runtime.settings_and_logging("consumer")
     if settings is None:
         return 2
     client_id = settings.client_id()
     store = OrderStore(settings.database_url, client_id)
-    consumer = OrderConsumer(settings, store, DeadLetterQueue(settings, client_id), client_id)
-    signal.signal(signal.SIGTERM, consumer.stop)
-    signal.signal(signal.SIGINT, consumer.stop)
+    kafka = KafkaConsumer(settings, client_id)
+    policy = LoopPolicy(settings.consumer_batch_size, settings.consumer_batch_timeout_ms / 1000)
+    loop = ConsumerLoop(kafka, store, DeadLetterQueue(settings, client_id), policy)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("{} received: finishing the current batch", signal.Signals(signum).name)
+        loop.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     logger.info("starting: client.id {}, group {}, instance {}, topic {}", client_id,
                 settings.consumer_group_id, settings.consumer_instance_id or "(dynamic)", settings.kafka_topic)
     try:
-        if runtime.retry(lambda: prepare(settings, store), lambda: consumer.stopping):
-            consumer.run()
+        if runtime.retry(lambda: prepare(settings, store), lambda: loop.stopping):
+            loop.run()
         else:
-            consumer.kafka.close()
+            kafka.close()
     except FatalError as e:
         logger.error("fatal: {}", e)
         return 1

@@ -1,8 +1,12 @@
-"""Dead-letter queue adapter: produce the original bytes with reason headers, and wait for the broker."""
+"""Dead-letter queue adapter: produce the original record with reason headers, and wait for the broker.
+
+A letter keeps the original key, value and headers, and gets ours: `error`, `error_detail`,
+`source_topic`, `source_partition`, `source_offset`, `consumer_client_id`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from loguru import logger
@@ -16,13 +20,23 @@ from pipeline.settings import Settings
 _TOO_BIG = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
 
 
+class DlqProducer(Protocol):
+    """What the DLQ uses of confluent_kafka.Producer (the unit tests pass a fake)."""
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, *,
+                headers: list[tuple[str, str | bytes | None]],
+                on_delivery: Callable[[KafkaError | None, Message[bytes, bytes]], None]) -> None: ...
+    def poll(self, timeout: float) -> int: ...
+    def flush(self, timeout: float) -> int: ...
+
+
 class DeadLetterQueue:
     """Sends dead letters to `KAFKA_DLQ_TOPIC`; `send` returns only when every one is confirmed."""
 
-    def __init__(self, settings: Settings, client_id: str) -> None:
+    def __init__(self, settings: Settings, client_id: str, producer: DlqProducer | None = None) -> None:
         self._topic = settings.kafka_dlq_topic
         self._client_id = client_id
-        self._producer = Producer({
+        self._producer: DlqProducer = producer if producer is not None else Producer({
             **settings.kafka_common(),
             "client.id": client_id,
             "enable.idempotence": True,
@@ -55,7 +69,7 @@ class DeadLetterQueue:
             raise DeliveryFailed(f"DLQ delivery failed for {len(failures) or remaining} message(s): {reason}")
         for letter in letters:
             logger.bind(source_partition=letter.partition, source_offset=letter.offset).debug(
-                "dead-lettered {}@{}: {} ({})", letter.partition, letter.offset, letter.error, letter.detail
+                "dead-lettered {}@{}: {} ({})", letter.partition, letter.offset, letter.why.code, letter.why.detail
             )
 
     def _produce(self, letter: DeadLetter, failures: list[tuple[KafkaError, DeadLetter]],
@@ -65,8 +79,9 @@ class DeadLetterQueue:
                 failures.append((err, letter))
 
         headers: list[tuple[str, str | bytes | None]] = [
-            ("error", letter.error.encode()),
-            ("error_detail", letter.detail.encode()),
+            *letter.headers,
+            ("error", letter.why.code.encode()),
+            ("error_detail", letter.why.detail.encode()),
             ("source_topic", letter.topic.encode()),
             ("source_partition", str(letter.partition).encode()),
             ("source_offset", str(letter.offset).encode()),

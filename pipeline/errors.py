@@ -1,8 +1,10 @@
 """The exception tree: what a failure means decides what the loop does with it.
 
 - `RetryableError`: a dependency is unavailable (broker, PostgreSQL). Keep the batch, back off, retry.
-- `BadMessage`: this one message can never be stored. Send it to the DLQ and move on.
 - `FatalError`: configuration or programming error. Exit non-zero; supervisord restarts the process.
+
+A message that can never be stored is not an exception: decoding returns it as a value, an
+`orders.Rejection` (so does the store for a row PostgreSQL refuses), and it goes to the DLQ.
 """
 
 from __future__ import annotations
@@ -24,13 +26,8 @@ class DeliveryFailed(RetryableError):
     """Messages to Kafka (the DLQ) were not confirmed by the broker."""
 
 
-class BadMessage(PipelineError):
-    """One message or row can never be stored; it belongs in the DLQ."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
+class CommitNotSent(RetryableError):
+    """An offset commit could not be sent (no group coordinator right now); it is sent again later."""
 
 
 class FatalError(PipelineError):

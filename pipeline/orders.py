@@ -68,7 +68,8 @@ class Order(msgspec.Struct, frozen=True, gc=False):
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why a message is invalid: ``code`` is one of the module constants, ``detail`` is for humans."""
+    """Why a message cannot be stored, from decode to DLQ letter: ``code`` is one of the module constants
+    (the DLQ ``error`` header), ``detail`` is for humans (``error_detail``)."""
 
     code: str
     detail: str

@@ -248,7 +248,7 @@ class OrderProducer:
 
 
 def main() -> int:
-    settings = runtime.start("producer")
+    settings = runtime.settings_and_logging("producer")
     if settings is None:
         return 2
     client_id = settings.client_id()

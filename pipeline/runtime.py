@@ -15,7 +15,7 @@ from pipeline.settings import Settings, load_settings
 BACKOFF_START, BACKOFF_MAX = 0.5, 15.0
 
 
-def start(program: str) -> Settings | None:
+def settings_and_logging(program: str) -> Settings | None:
     """Settings parsed once and logging configured, or None after printing the configuration error."""
     try:
         settings = load_settings()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,43 +21,32 @@ import psycopg2.extensions
 from loguru import logger
 from psycopg2 import sql
 
-from pipeline.errors import BadMessage, DatabaseUnavailable, FatalError
-from pipeline.orders import CONFLICT, DB_REJECTED, Order, items_json
+from pipeline.batch import OrderRow, WriteResult
+from pipeline.errors import DatabaseUnavailable, FatalError
+from pipeline.orders import CONFLICT, DB_REJECTED, Rejection, items_json
 
 MIGRATION_LOCK_ID = 0x0F00D0DE5  # pg_advisory_xact_lock key: one migrator at a time
 # SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention (shutdown), 40 rollback
-# (deadlock, serialization), 55 object not in prerequisite state (lock not available).
+# (deadlock, serialization), 55 object not in prerequisite state (lock not available), 58 system error
+# (I/O error, e.g. a full or failing disk).
 _RETRYABLE_CLASSES = ("08", "53", "57", "40", "55", "58")
 # 22 data exception, 23 integrity constraint, 54 program limit (row too big): the row, not the DB.
 _ROW_CLASSES = ("22", "23", "54")
 
-def connect(url: str, application_name: str = "food-orders") -> psycopg2.extensions.connection:
-    """A connection with bounded waits and an explicit encoding.
 
-    A hung server (network partition, stalled disk, a lock held by a stuck session) must surface as an
-    error well within the consumer's max.poll.interval.ms, or the consumer would drop out of its group.
-    The encoding is explicit so that a SQL_ASCII database refuses a row (SQLSTATE 22P05, dead-lettered)
-    instead of raising UnicodeEncodeError in the client."""
-    return psycopg2.connect(
-        url, application_name=application_name, connect_timeout=5, client_encoding="UTF8",
-        options="-c statement_timeout=30000 -c lock_timeout=15000",
-        keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3, tcp_user_timeout=15000,
-    )
-
-
-_COLUMNS = (
+COLUMNS = (
     "order_id, customer_id, customer_name, customer_email, items, total_amount, status, created_at, "
     "kafka_partition, kafka_offset, consumer_client_id"
 )
 _CONTENT = "customer_id, customer_name, customer_email, items, total_amount, status, created_at"
-_STAGING = """
+STAGING_TABLE_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS orders_staging
     (LIKE orders INCLUDING DEFAULTS EXCLUDING CONSTRAINTS) ON COMMIT DELETE ROWS
 """
-_INSERT = f"""
+INSERT_SQL = f"""
 WITH inserted AS (
-    INSERT INTO orders ({_COLUMNS})
-    SELECT DISTINCT ON (order_id) {_COLUMNS} FROM orders_staging
+    INSERT INTO orders ({COLUMNS})
+    SELECT DISTINCT ON (order_id) {COLUMNS} FROM orders_staging
     ORDER BY order_id, kafka_partition, kafka_offset
     ON CONFLICT (order_id) DO NOTHING
     RETURNING customer_id, total_amount, created_at
@@ -84,46 +72,21 @@ _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-@dataclass(frozen=True, slots=True)
-class OrderRow:
-    """A valid order and where it came from in Kafka."""
-
-    order: Order
-    partition: int
-    offset: int
-
-
-@dataclass
-class WriteResult:
-    """What one batch did: rows inserted, harmless redeliveries, and rows for the DLQ."""
-
-    inserted: int = 0
-    duplicates: int = 0
-    rejected: list[tuple[OrderRow, BadMessage]] = field(default_factory=list)
-
-    def add(self, other: WriteResult) -> None:
-        self.inserted += other.inserted
-        self.duplicates += other.duplicates
-        self.rejected.extend(other.rejected)
-
-
 class OrderStore:
     """Writes order batches for one consumer process over one connection."""
 
     def __init__(self, database_url: str, client_id: str) -> None:
         self._url = database_url
-        self._client_id = client_id.translate(_COPY_ESCAPES)
+        self._client_id = client_id  # PostgreSQL's application_name: what pg_stat_activity shows
+        self._copy_client_id = client_id.translate(_COPY_ESCAPES)  # as a COPY text field
         self._conn: psycopg2.extensions.connection | None = None
 
     def connect(self) -> psycopg2.extensions.connection:
         """The open connection, reconnecting if needed. Raises DatabaseUnavailable."""
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = connect(self._url, self._client_id)
-            except psycopg2.Error as e:
-                raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
+            self._conn = self._open()
             with self._conn.cursor() as cur:
-                cur.execute(_STAGING)
+                cur.execute(STAGING_TABLE_SQL)
             self._conn.commit()
         return self._conn
 
@@ -134,16 +97,29 @@ class OrderStore:
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; returns the versions applied now."""
-        try:
-            conn = connect(self._url)
-        except psycopg2.Error as e:
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
+        conn = self._open()
         try:
             return migrate(conn)
         except psycopg2.Error as e:
             raise _translate(e) from e
         finally:
             conn.close()
+
+    def _open(self) -> psycopg2.extensions.connection:
+        """A new connection with bounded waits and an explicit encoding. Raises DatabaseUnavailable.
+
+        A hung server (network partition, stalled disk, a lock held by a stuck session) must surface as
+        an error well within the consumer's max.poll.interval.ms, or the consumer would drop out of its
+        group. The encoding is explicit so that a SQL_ASCII database refuses a row (SQLSTATE 22P05,
+        dead-lettered) instead of raising UnicodeEncodeError in the client."""
+        try:
+            return psycopg2.connect(
+                self._url, application_name=self._client_id, connect_timeout=5, client_encoding="UTF8",
+                options="-c statement_timeout=30000 -c lock_timeout=15000",
+                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3, tcp_user_timeout=15000,
+            )
+        except psycopg2.Error as e:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
 
     def write(self, rows: Sequence[OrderRow]) -> WriteResult:
         """Store a batch in one transaction. Raises DatabaseUnavailable (nothing was committed)."""
@@ -167,9 +143,9 @@ class OrderStore:
             raise _translate(e) from e
 
     def _write_rows(self, cur: psycopg2.extensions.cursor, rows: Sequence[OrderRow]) -> WriteResult:
-        buf = io.StringIO("".join([self._copy_line(r) for r in rows]))
-        cur.copy_expert(f"COPY orders_staging ({_COLUMNS}) FROM STDIN", buf)
-        cur.execute(_INSERT)
+        buf = io.StringIO("".join([self.copy_line(r) for r in rows]))
+        cur.copy_expert(f"COPY orders_staging ({COLUMNS}) FROM STDIN", buf)
+        cur.execute(INSERT_SQL)
         inserted: int = cur.fetchone()[0]  # type: ignore[index]
         result = WriteResult(inserted=inserted)
         if inserted < len(rows):
@@ -184,7 +160,7 @@ class OrderStore:
             row = by_coords[(partition, offset)]
             detail = (f"order_id {row.order.order_id!r} is already stored with different content "
                       f"(from partition {kept_partition} offset {kept_offset})")
-            result.rejected.append((row, BadMessage(CONFLICT, detail)))
+            result.rejected.append((row, Rejection(CONFLICT, detail)))
         result.duplicates = len(rows) - inserted - len(result.rejected)
         return result
 
@@ -202,14 +178,15 @@ class OrderStore:
             cur.execute("ROLLBACK TO SAVEPOINT rows")
             if len(rows) == 1:
                 logger.bind(order_id=rows[0].order.order_id).warning("row refused by PostgreSQL: {}", e.pgcode)
-                return WriteResult(rejected=[(rows[0], BadMessage(DB_REJECTED, f"{e.pgcode}: {_first_line(e)}"))])
+                return WriteResult(rejected=[(rows[0], Rejection(DB_REJECTED, f"{e.pgcode}: {_first_line(e)}"))])
             mid = len(rows) // 2
             result = self._write_isolating(cur, rows[:mid])
             result.add(self._write_isolating(cur, rows[mid:]))
             return result
 
-    def _copy_line(self, row: OrderRow) -> str:
-        """One row in COPY text format. The hot path: escape only when a field needs it (rarely)."""
+    def copy_line(self, row: OrderRow) -> str:
+        """One row in COPY text format (for `COPY orders_staging (COLUMNS)`). The hot path: escape only
+        when a field needs it (rarely)."""
         o = row.order
         items = items_json(o)
         if "\\" in items:  # JSON escapes tabs and newlines itself; only its backslashes need doubling
@@ -219,7 +196,7 @@ class OrderStore:
             fields = tuple(f.translate(_COPY_ESCAPES) for f in fields)
         # status is validated to be "pending": nothing to escape.
         return (f"{fields[0]}\t{fields[1]}\t{fields[2]}\t{fields[3]}\t{items}\t{o.total_amount!r}\t{o.status}\t"
-                f"{o.created_at.isoformat()}\t{row.partition}\t{row.offset}\t{self._client_id}\n")
+                f"{o.created_at.isoformat()}\t{row.partition}\t{row.offset}\t{self._copy_client_id}\n")
 
     def _discard(self, conn: psycopg2.extensions.connection) -> None:
         try:

@@ -60,8 +60,8 @@ def test_bad_messages_go_to_the_dlq_with_reasons_and_valid_ones_are_stored(pipe:
     producer = Producer({"bootstrap.servers": pipe.bootstrap, "enable.idempotence": True})
     admin = AdminClient({"bootstrap.servers": pipe.bootstrap})
     admin.create_topics([NewTopic(pipe.topic, 1, 1)])[pipe.topic].result(30)
-    for k, v, _ in plan:
-        producer.produce(pipe.topic, v, k)
+    for offset, (k, v, _) in enumerate(plan):
+        producer.produce(pipe.topic, v, k, headers=[("trace", str(offset).encode())])
     assert producer.flush(30) == 0
 
     consumer = pipe.start("consumer", "consumer", CONSUMER_BATCH_SIZE="20")
@@ -91,6 +91,7 @@ def test_bad_messages_go_to_the_dlq_with_reasons_and_valid_ones_are_stored(pipe:
         assert headers["error_detail"]
         offset = int(headers["source_offset"])
         assert (msg.key(), msg.value()) == plan[offset][:2]  # type: ignore[attr-defined]  # original bytes
+        assert headers["trace"] == str(offset)  # original headers kept
         got.append((offset, headers["error"]))
     assert sorted(got) == expected
 

@@ -9,9 +9,10 @@ import msgspec
 import psycopg2
 import pytest
 
+from pipeline.batch import OrderRow
 from pipeline.mockdata import OrderGenerator, new_order_id
 from pipeline.orders import Item, Order
-from pipeline.store import OrderRow, OrderStore
+from pipeline.store import OrderStore
 
 pytestmark = pytest.mark.integration
 

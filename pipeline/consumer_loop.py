@@ -1,0 +1,249 @@
+"""The consumer loop, one step at a time, with Kafka, PostgreSQL and the DLQ behind small interfaces.
+
+Each batch goes through the same numbered steps, so offsets never run ahead of the database:
+  1. consume a batch (up to the batch size, or the first message within the batch timeout)
+  2. decode + validate (pure)
+  3. write the valid orders in one PostgreSQL transaction
+  4. send invalid ones, conflicts and rows PostgreSQL refused to the DLQ, and wait for delivery
+  5. commit the batch's offsets
+A retryable failure in 3-5 keeps the batch, pauses the assignment (polling goes on, so the group
+membership holds), backs off and retries; nothing is committed meanwhile.
+
+`pipeline.consumer` wires it to confluent-kafka, `OrderStore` and `DeadLetterQueue`; the unit tests
+wire it to in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from loguru import logger
+
+from pipeline import faults
+from pipeline.batch import Batch, DeadLetter, KafkaRecord, OrderRow, WriteResult, decode_batch
+from pipeline.commits import CommitPolicy, Commits, OffsetCommitter
+from pipeline.errors import FatalError, RetryableError
+from pipeline.offsets import TP
+from pipeline.runtime import BACKOFF_MAX, BACKOFF_START
+
+STATS_EVERY = 10.0
+DEFAULT_COMMITS = CommitPolicy()
+
+
+class RebalanceListener(Protocol):
+    """What the Kafka side reports to the loop, from inside `consume`/`poll` (and `close`)."""
+
+    def assigned(self, partitions: list[TP]) -> None: ...
+    def revoked(self, partitions: list[TP]) -> None: ...
+    def lost(self, partitions: list[TP]) -> None: ...
+    def committed(self, stored: dict[TP, int], refusal: str | None) -> None: ...
+
+
+class KafkaSource(OffsetCommitter, Protocol):
+    """The group consumer as the loop sees it. `consume` and `poll` return records only (error events
+    are the adapter's to log) and run the listener's callbacks; partitions are added to the assignment
+    before `assigned` is called. Raises FatalError on a fatal client error."""
+
+    def subscribe(self, listener: RebalanceListener) -> None: ...
+    def consume(self, max_messages: int, timeout: float) -> Sequence[KafkaRecord]: ...
+    def poll(self, timeout: float) -> KafkaRecord | None: ...
+    def assignment(self) -> list[TP]: ...
+    def pause(self, partitions: list[TP]) -> None: ...
+    def resume(self, partitions: list[TP]) -> None: ...
+    def fatal_error(self) -> str | None:
+        """Set by a client callback (fatal error, fenced instance): the loop stops with it."""
+    def close(self) -> None: ...
+
+
+class OrderSink(Protocol):
+    """Where valid orders go (`OrderStore`)."""
+
+    def write(self, rows: Sequence[OrderRow]) -> WriteResult:
+        """One transaction; raises DatabaseUnavailable (a RetryableError) when nothing was committed."""
+    def close(self) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    """Where rejected records go (`DeadLetterQueue`)."""
+
+    def send(self, letters: Sequence[DeadLetter]) -> None:
+        """Returns once every letter is confirmed; raises DeliveryFailed (a RetryableError) otherwise."""
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoopPolicy:
+    """Batching and retry timing of the loop."""
+
+    batch_size: int
+    batch_timeout: float  # seconds to wait for the first message of a batch
+    backoff_start: float = BACKOFF_START
+    backoff_max: float = BACKOFF_MAX
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.batch_timeout < 0 or not 0 < self.backoff_start <= self.backoff_max:
+            raise ValueError(f"invalid loop policy: {self}")
+
+
+class ConsumerLoop:
+    """One member of the consumer group writing orders to the store. `run_once` is one step."""
+
+    def __init__(self, kafka: KafkaSource, store: OrderSink, dlq: DeadLetterSink, policy: LoopPolicy,
+                 commit_policy: CommitPolicy = DEFAULT_COMMITS, clock: Callable[[], float] = time.monotonic,
+                 fault: Callable[[str], None] = faults.point) -> None:
+        self.kafka = kafka
+        self.store = store
+        self.dlq = dlq
+        self.policy = policy
+        self.commits = Commits(kafka, commit_policy, clock)
+        self._clock = clock
+        self._fault = fault
+        self.stopping = False
+        self.degraded = False  # a dependency is down: the assignment is paused
+        self.pending: Batch | None = None  # consumed, not yet fully processed
+        self._backoff = policy.backoff_start
+        self.totals = {"batches": 0, "inserted": 0, "duplicates": 0, "dead": 0}
+        self._last_stats = clock()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Subscribe, step until a stop is requested, then finish: commit, close."""
+        self.kafka.subscribe(self)
+        while not self.stopping:
+            self.run_once()
+        self.shutdown()
+
+    def run_once(self) -> None:
+        """One step: consume a batch if none is pending, then write, dead-letter and commit it. A
+        retryable failure keeps the batch and polls paused for the current backoff instead."""
+        fatal = self.kafka.fatal_error()
+        if fatal:
+            raise FatalError(fatal)
+        if self.pending is None:
+            batch = self._consume_batch()  # steps 1 + 2
+            if not len(batch):
+                self.commits.resend_if_due()
+                self._log_stats()
+                return
+            self.pending = batch
+        try:
+            self._process(self.pending)  # steps 3-5
+        except RetryableError as e:
+            self._degrade(e)
+            self._backoff = min(self._backoff * 2, self.policy.backoff_max)
+            return
+        self.pending = None
+        self._backoff = self.policy.backoff_start
+        if self.degraded:
+            self._recover()
+        self._log_stats()
+
+    def _consume_batch(self) -> Batch:
+        """What the client has already fetched, up to the batch size; when nothing is there, wait up to
+        the batch timeout for the first message only. Full batches under load, no timer at low rates."""
+        size = self.policy.batch_size
+        records = self.kafka.consume(size, 0)
+        if not records:
+            first = self.kafka.poll(self.policy.batch_timeout)
+            records = [first, *self.kafka.consume(size - 1, 0)] if first is not None else []
+        # A rebalance callback can run inside consume(): keep only partitions still ours.
+        owned = self.commits.offsets.owned
+        return decode_batch([r for r in records if (r.topic(), r.partition()) in owned])
+
+    def _process(self, batch: Batch) -> None:
+        result = self.store.write(batch.rows)  # 3
+        self._fault("after_db_commit")
+        letters = batch.dead_letters(result.rejected)
+        self.dlq.send(letters)  # 4
+        self._fault("after_dlq")
+        self.commits.batch_done(batch.next_offsets)  # 5 (asynchronous: the answer arrives in committed)
+        self.totals["batches"] += 1
+        self.totals["inserted"] += result.inserted
+        self.totals["duplicates"] += result.duplicates
+        self.totals["dead"] += len(letters)
+
+    # -- degraded mode: a dependency is down ---------------------------------------------------
+
+    def _degrade(self, error: RetryableError) -> None:
+        assignment = self.kafka.assignment()
+        if not self.degraded:
+            logger.warning("{}; pausing {} partition(s), keeping the batch of {}, retrying with backoff",
+                           error, len(assignment), len(self.pending or []))
+            self.degraded = True
+        else:
+            logger.info("still unavailable ({}); next retry in {:.1f}s", error, self._backoff)
+        self.kafka.pause(assignment)
+        self._poll_paused(self._backoff)
+
+    def _poll_paused(self, seconds: float) -> None:
+        """Keep polling while paused so the group membership holds; keep anything that still arrives."""
+        deadline = self._clock() + seconds
+        while not self.stopping and self._clock() < deadline:
+            late = self.kafka.consume(self.policy.batch_size, min(0.5, max(0.0, deadline - self._clock())))
+            if late and self.pending is not None:
+                self.pending = decode_batch([*self.pending.messages, *late])
+
+    def _recover(self) -> None:
+        self.degraded = False
+        assignment = self.kafka.assignment()
+        self.kafka.resume(assignment)
+        logger.info("dependency back; resumed {} partition(s)", len(assignment))
+
+    # -- what the Kafka side reports (runs inside consume()) -------------------------------------
+
+    def assigned(self, partitions: list[TP]) -> None:
+        self.commits.offsets.assigned(partitions)
+        # The client keeps a partition's pause across unassign/assign: one lost while paused and
+        # handed back must follow the current mode, not the old one.
+        if self.degraded:
+            self.kafka.pause(partitions)
+        elif partitions:
+            self.kafka.resume(partitions)
+        logger.info("assigned {}", _names(partitions) or "nothing new")
+
+    def revoked(self, partitions: list[TP]) -> None:
+        gone = set(partitions)
+        self.commits.commit_now(gone)  # what we wrote must be committed before the next owner starts
+        self._forget(gone)
+        logger.info("revoked {}", _names(partitions))
+
+    def lost(self, partitions: list[TP]) -> None:
+        self._forget(set(partitions))
+        logger.warning("lost {} (session timed out); the new owner redoes uncommitted work", _names(partitions))
+
+    def committed(self, stored: dict[TP, int], refusal: str | None) -> None:
+        self.commits.answered(stored, refusal)
+
+    def _forget(self, gone: set[TP]) -> None:
+        self.commits.offsets.forget(gone)
+        if self.pending is not None:
+            self.pending = self.pending.without_partitions(gone)
+
+    # -- stats and shutdown ---------------------------------------------------------------------
+
+    def _log_stats(self) -> None:
+        now = self._clock()
+        if now - self._last_stats >= STATS_EVERY:
+            logger.info("batches {batches}, orders inserted {inserted}, redelivered {duplicates}, "
+                        "dead-lettered {dead}", **self.totals)
+            self._last_stats = now
+
+    def shutdown(self) -> None:
+        """Commit what is done, close the clients. A pending batch stays uncommitted (redelivered)."""
+        if self.pending is not None and len(self.pending):
+            logger.warning("stopping with {} unwritten message(s); they stay uncommitted and are redelivered",
+                           len(self.pending))
+        self.commits.commit_now()
+        self.kafka.close()
+        self.dlq.close()
+        self.store.close()
+        logger.info("stopped: batches {batches}, inserted {inserted}, redelivered {duplicates}, "
+                    "dead-lettered {dead}", **self.totals)
+
+
+def _names(partitions: list[TP]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in partitions)

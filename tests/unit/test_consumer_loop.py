@@ -1,0 +1,492 @@
+"""The consumer loop against in-memory Kafka, store and DLQ: every path the subprocess tests take (crash
+points, PostgreSQL or DLQ down, rebalances inside consume, lost partitions, shutdown, fencing), in
+milliseconds. Time is a fake clock that the fake consumer advances when it waits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+from loguru import logger
+
+from pipeline.batch import DeadLetter, OrderRow, WriteResult
+from pipeline.commits import CommitPolicy
+from pipeline.consumer_loop import ConsumerLoop, LoopPolicy, RebalanceListener
+from pipeline.errors import CommitNotSent, DatabaseUnavailable, DeliveryFailed, FatalError
+from pipeline.mockdata import OrderGenerator, new_order_id
+from pipeline.offsets import TP
+from pipeline.orders import CONFLICT, DB_REJECTED, Order, Rejection, encode_order
+from tests.unit.test_batch import FakeRecord
+
+TOPIC = "orders"
+P0, P1, P2 = (TOPIC, 0), (TOPIC, 1), (TOPIC, 2)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Broker:
+    """What outlives a consumer process: the partitions' logs and the group's committed offsets."""
+
+    logs: dict[TP, list[FakeRecord]] = field(default_factory=lambda: {P0: [], P1: [], P2: []})
+    committed: dict[TP, int] = field(default_factory=dict)
+    journal: list[str] = field(default_factory=list)  # store, DLQ and commit calls, in order
+
+    def append(self, tp: TP, key: bytes | None, value: bytes | None,
+               headers: list[tuple[str, str | bytes | None]] | None = None) -> FakeRecord:
+        record = FakeRecord(tp[0], tp[1], len(self.logs[tp]), key, value, headers)
+        self.logs[tp].append(record)
+        return record
+
+    def end_offsets(self) -> dict[TP, int]:
+        return {tp: len(log) for tp, log in self.logs.items() if log}
+
+
+class FakeKafka:
+    """A group consumer on a `Broker`. Rebalances queued with `assign`/`revoke`/`lose` run inside the next
+    consume() (before its fetch, or after it with `after_fetch`, as when records were already buffered).
+    Asynchronous commits are answered at the next consume(). Like librdkafka, a pause survives unassign
+    and assign. The clock moves by the timeout when consume() finds nothing."""
+
+    def __init__(self, broker: Broker, clock: Clock) -> None:
+        self.broker = broker
+        self.clock = clock
+        self.listener: RebalanceListener | None = None
+        self.owned: list[TP] = []
+        self.position: dict[TP, int] = {}
+        self.paused: set[TP] = set()
+        self.events: list[tuple[bool, Callable[[], None]]] = []
+        self.answers: list[dict[TP, int]] = []
+        self.refusal: str | None = None  # the broker refuses asynchronous commits with this reason
+        self.unreachable = False  # commits cannot be sent at all
+        self.fatal: str | None = None
+        self.consumed_while_paused = 0
+        self.closed = False
+
+    # -- what tests do to it --
+    def assign(self, *tps: TP, after_fetch: bool = False) -> None:
+        def run() -> None:
+            self.owned += tps
+            self.position.update({tp: self.broker.committed.get(tp, 0) for tp in tps})
+            assert self.listener is not None
+            self.listener.assigned(list(tps))
+        self.events.append((after_fetch, run))
+
+    def revoke(self, *tps: TP, after_fetch: bool = False) -> None:
+        self.events.append((after_fetch, lambda: self._remove(tps, lost=False)))
+
+    def lose(self, *tps: TP, after_fetch: bool = False) -> None:
+        self.events.append((after_fetch, lambda: self._remove(tps, lost=True)))
+
+    def _remove(self, tps: Sequence[TP], lost: bool) -> None:
+        assert self.listener is not None
+        (self.listener.lost if lost else self.listener.revoked)(list(tps))
+        self.owned = [tp for tp in self.owned if tp not in tps]
+
+    def _run_events(self, after_fetch: bool) -> None:
+        due = [run for after, run in self.events if after == after_fetch]
+        self.events = [(after, run) for after, run in self.events if after != after_fetch]
+        for run in due:
+            run()
+
+    # -- KafkaSource --
+    def subscribe(self, listener: RebalanceListener) -> None:
+        self.listener = listener
+
+    def consume(self, max_messages: int, timeout: float) -> list[FakeRecord]:
+        assert self.listener is not None and not self.closed
+        for stored in self.answers:
+            self.broker.committed.update(stored)
+            self.listener.committed(stored, None)
+        self.answers = []
+        self._run_events(after_fetch=False)
+        records: list[FakeRecord] = []
+        for tp in self.owned:
+            if tp in self.paused:
+                continue
+            take = self.broker.logs[tp][self.position[tp]:self.position[tp] + max_messages - len(records)]
+            self.position[tp] += len(take)
+            records += take
+        if self.paused and set(self.owned) <= self.paused:
+            self.consumed_while_paused += 1
+        self._run_events(after_fetch=True)
+        if not records:
+            self.clock.now += timeout
+        return records
+
+    def poll(self, timeout: float) -> FakeRecord | None:
+        records = self.consume(1, timeout)
+        return records[0] if records else None
+
+    def assignment(self) -> list[TP]:
+        return list(self.owned)
+
+    def pause(self, partitions: list[TP]) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, partitions: list[TP]) -> None:
+        self.paused.difference_update(partitions)
+
+    def commit_async(self, offsets: dict[TP, int]) -> None:
+        if self.unreachable:
+            raise CommitNotSent("no coordinator")
+        self.broker.journal.append(f"commit {sorted(offsets.items())}")
+        if self.refusal is not None:
+            assert self.listener is not None
+            self.listener.committed({}, self.refusal)
+        else:
+            self.answers.append(dict(offsets))
+
+    def commit_sync(self, offsets: dict[TP, int]) -> dict[TP, int]:
+        if self.unreachable:
+            raise CommitNotSent("no coordinator")
+        self.broker.journal.append(f"commit sync {sorted(offsets.items())}")
+        self.broker.committed.update(offsets)
+        return dict(offsets)
+
+    def fatal_error(self) -> str | None:
+        return self.fatal
+
+    def close(self) -> None:
+        # No revoke callback: a static member keeps its partitions, so the loop commits before closing.
+        self.closed = True
+
+
+class FakeStore:
+    """PostgreSQL as the loop sees it: an order id is stored once, the same content again is a redelivery,
+    other content a conflict; `refuse` holds order ids the database itself refuses; `down` fails all."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.orders: dict[str, Order] = {}
+        self.down = False
+        self.refuse: set[str] = set()
+        self.closed = False
+
+    def write(self, rows: Sequence[OrderRow]) -> WriteResult:
+        if self.down:
+            raise DatabaseUnavailable("PostgreSQL unavailable: connection refused")
+        self.broker.journal.append(f"write {len(rows)}")
+        result = WriteResult()
+        for row in rows:
+            stored = self.orders.get(row.order.order_id)
+            if row.order.order_id in self.refuse:
+                result.rejected.append((row, Rejection(DB_REJECTED, "22021: invalid byte sequence")))
+            elif stored is None:
+                self.orders[row.order.order_id] = row.order
+                result.inserted += 1
+            elif stored == row.order:
+                result.duplicates += 1
+            else:
+                result.rejected.append((row, Rejection(CONFLICT, "stored with different content")))
+        return result
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeDlq:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.letters: list[DeadLetter] = []
+        self.down = False
+        self.closed = False
+
+    def send(self, letters: Sequence[DeadLetter]) -> None:
+        if self.down:
+            raise DeliveryFailed("DLQ delivery failed for 1 message(s): broker down")
+        self.broker.journal.append(f"dlq {len(letters)}")
+        self.letters += letters
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Crash(BaseException):
+    """PIPELINE_FAULT's os._exit: nothing after the fault point runs, no cleanup."""
+
+
+@dataclass
+class World:
+    """One consumer process (loop + fakes) on a broker and a database that outlive it."""
+
+    broker: Broker = field(default_factory=Broker)
+    clock: Clock = field(default_factory=Clock)
+    crash_at: str | None = None
+    gen: OrderGenerator = field(default_factory=lambda: OrderGenerator(5))
+
+    def __post_init__(self) -> None:
+        self.store = FakeStore(self.broker)
+        self.start()
+
+    def start(self, batch_size: int = 10) -> None:
+        """A new process: fresh client, loop and DLQ producer; the same broker and database."""
+        self.kafka = FakeKafka(self.broker, self.clock)
+        self.dlq = FakeDlq(self.broker)
+        self.loop = ConsumerLoop(self.kafka, self.store, self.dlq, LoopPolicy(batch_size, 0.1),
+                                 CommitPolicy(resend_every=1.0), self.clock, self._fault)
+        self.kafka.subscribe(self.loop)
+
+    def _fault(self, point: str) -> None:
+        if point == self.crash_at:
+            raise Crash(point)
+
+    def produce(self, tp: TP, n: int = 1) -> list[Order]:
+        orders = [self.gen.next_order(new_order_id(), datetime.now(UTC)) for _ in range(n)]
+        for order in orders:
+            self.broker.append(tp, order.customer_id.encode(), encode_order(order))
+        return orders
+
+    def steps(self, n: int) -> None:
+        for _ in range(n):
+            self.loop.run_once()
+
+    def drain(self, limit: int = 100) -> None:
+        """Step until every record is committed (answers arrive one consume() later)."""
+        for _ in range(limit):
+            if self.broker.committed == self.broker.end_offsets() and not self.kafka.answers:
+                return
+            self.loop.run_once()
+        raise AssertionError(f"not drained: committed {self.broker.committed}, end {self.broker.end_offsets()}")
+
+
+@pytest.fixture
+def log() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m).strip()), level="DEBUG", format="{level} {message}")
+    yield lines
+    logger.remove(sink)
+
+
+@pytest.fixture
+def world() -> World:
+    w = World()
+    w.kafka.assign(P0, P1, P2)
+    return w
+
+
+def test_valid_orders_stored_invalid_dead_lettered_then_committed_in_that_order(world: World) -> None:
+    orders = world.produce(P0, 5) + world.produce(P1, 3)
+    world.broker.append(P0, b"CUST-00001", b"{not json", [("trace", b"abc")])
+    refused = world.produce(P2)[0]
+    world.store.refuse.add(refused.order_id)
+    world.drain()
+
+    assert set(world.store.orders) == {o.order_id for o in orders}
+    assert [(d.partition, d.offset, d.why.code) for d in world.dlq.letters] == [(0, 5, "invalid_json"),
+                                                                                 (2, 0, DB_REJECTED)]
+    bad = world.dlq.letters[0]
+    assert (bad.key, bad.value, bad.headers, bad.topic) == (b"CUST-00001", b"{not json", [("trace", b"abc")], TOPIC)
+    assert world.dlq.letters[1].value == world.broker.logs[P2][0].value()
+    assert world.broker.committed == {P0: 6, P1: 3, P2: 1}
+    assert world.broker.journal == ["write 9", "dlq 2", f"commit {[(P0, 6), (P1, 3), (P2, 1)]}"]
+    assert world.loop.totals == {"batches": 1, "inserted": 8, "duplicates": 0, "dead": 2}
+
+
+def test_a_batch_is_what_is_fetched_up_to_the_batch_size(world: World) -> None:
+    world.produce(P0, 25)
+    world.steps(1)
+    assert world.broker.journal[0] == "write 10"
+    world.drain()
+    assert len(world.store.orders) == 25 and world.loop.totals["batches"] == 3
+
+
+@pytest.mark.parametrize("point", ["after_db_commit", "after_dlq"])
+def test_a_crash_before_the_commit_redelivers_and_doubles_nothing(world: World, point: str) -> None:
+    world.produce(P0, 6)
+    world.broker.append(P1, b"CUST-00001", b"nope")
+    world.crash_at = point
+    with pytest.raises(Crash):
+        world.drain()
+    assert len(world.store.orders) == 6 and world.broker.committed == {}
+    assert len(world.dlq.letters) == (1 if point == "after_dlq" else 0)
+
+    world.crash_at = None
+    world.start()  # supervisord restarts the process
+    world.kafka.assign(P0, P1, P2)
+    world.drain()
+    assert len(world.store.orders) == 6
+    assert world.loop.totals == {"batches": 1, "inserted": 0, "duplicates": 6, "dead": 1}
+    assert world.broker.committed == {P0: 6, P1: 1}
+
+
+def test_database_down_pauses_keeps_polling_commits_nothing_and_resumes_alone(world: World, log: list[str]) -> None:
+    world.produce(P0, 3)
+    world.drain()
+    committed = dict(world.broker.committed)
+    world.store.down = True
+    more = world.produce(P1, 4)
+    started = world.clock.now
+    world.steps(3)
+    assert world.loop.degraded and world.kafka.paused == {P0, P1, P2}
+    assert world.kafka.consumed_while_paused >= 3, "polling must go on while paused"
+    assert world.broker.committed == committed
+    assert world.clock.now - started == pytest.approx(0.5 + 1.0 + 2.0)  # the backoff doubles
+    assert len(world.loop.pending or []) == 4
+    assert sum("pausing 3 partition(s), keeping the batch of 4" in line for line in log) == 1
+
+    world.store.down = False
+    world.drain()
+    assert not world.loop.degraded and world.kafka.paused == set()
+    assert {o.order_id for o in more} <= set(world.store.orders)
+    assert world.broker.committed == {P0: 3, P1: 4}
+    assert any("dependency back; resumed 3 partition(s)" in line for line in log)
+
+
+def test_dlq_down_keeps_the_batch_and_the_rewrite_is_a_redelivery(world: World) -> None:
+    world.produce(P0, 2)
+    world.broker.append(P0, b"CUST-00001", b"nope")
+    world.dlq.down = True
+    world.steps(2)
+    assert world.loop.degraded and len(world.store.orders) == 2 and world.broker.committed == {}
+    world.dlq.down = False
+    world.drain()
+    assert world.loop.totals == {"batches": 1, "inserted": 0, "duplicates": 2, "dead": 1}
+    assert world.broker.committed == {P0: 3}
+
+
+def test_a_partition_lost_while_paused_comes_back_resumed_after_recovery(world: World) -> None:
+    world.produce(P0, 2)
+    world.store.down = True
+    world.steps(1)
+    world.kafka.lose(P2)
+    world.steps(1)
+    assert world.kafka.paused == {P0, P1, P2}  # the client still remembers P2's pause
+    world.store.down = False
+    world.drain()
+    assert world.kafka.paused == {P2} and world.kafka.assignment() == [P0, P1]
+    world.kafka.assign(P2)
+    world.produce(P2, 3)
+    world.drain()
+    assert world.kafka.paused == set() and world.broker.committed[P2] == 3
+
+
+def test_a_partition_assigned_while_degraded_is_paused_too(world: World) -> None:
+    world.kafka.revoke(P2)
+    world.produce(P0)
+    world.store.down = True
+    world.steps(1)
+    world.kafka.assign(P2)
+    world.produce(P2, 2)
+    world.steps(1)
+    assert world.kafka.paused == {P0, P1, P2} and len(world.loop.pending or []) == 1
+
+
+def test_revoke_commits_what_is_written_first_even_if_async_commits_were_refused(world: World) -> None:
+    world.kafka.refusal = "REBALANCE_IN_PROGRESS"
+    world.produce(P0, 2)
+    world.produce(P1, 2)
+    world.steps(1)
+    assert world.broker.committed == {}
+    world.kafka.revoke(P1)
+    world.steps(1)
+    assert world.broker.committed == {P1: 2}
+    assert world.broker.journal[-1] == f"commit sync {[(P1, 2)]}"
+
+
+def test_records_of_a_partition_revoked_inside_consume_are_dropped(world: World) -> None:
+    world.produce(P0, 2)
+    world.produce(P1, 2)
+    world.kafka.revoke(P1, after_fetch=True)  # records already fetched when the callback runs
+    world.steps(3)
+    assert len(world.store.orders) == 2 and world.broker.committed == {P0: 2}
+    assert world.broker.journal[0] == "write 2"
+
+
+def test_a_pending_batch_loses_the_records_of_revoked_and_lost_partitions(world: World) -> None:
+    world.produce(P0, 1)
+    world.produce(P1, 2)
+    world.produce(P2, 3)
+    world.store.down = True
+    world.steps(1)
+    world.kafka.revoke(P1)
+    world.kafka.lose(P2)
+    world.steps(1)
+    assert len(world.loop.pending or []) == 1
+    world.store.down = False
+    world.steps(2)
+    assert len(world.store.orders) == 1 and world.broker.committed == {P0: 1}
+
+
+def test_lost_partitions_are_never_committed(world: World) -> None:
+    world.kafka.refusal = "ILLEGAL_GENERATION"
+    world.produce(P0, 2)
+    world.produce(P2, 2)
+    world.steps(1)
+    world.kafka.lose(P2)
+    world.kafka.refusal = None
+    world.steps(3)
+    world.clock.now += 1.0
+    world.steps(2)
+    assert world.broker.committed == {P0: 2}
+
+
+def test_unconfirmed_offsets_are_sent_again_when_idle_at_most_once_per_period(world: World, log: list[str]) -> None:
+    world.kafka.unreachable = True
+    world.produce(P0, 2)
+    world.steps(1)
+    assert any("offset commit not sent (no coordinator)" in line for line in log)
+    world.kafka.unreachable = False
+    world.steps(1)  # idle, but the last try was only 0.1 s ago
+    assert world.broker.committed == {}
+    world.steps(10)
+    assert world.broker.committed == {P0: 2}
+    assert sum(line.startswith("commit") for line in world.broker.journal) == 1
+
+
+def test_shutdown_commits_what_is_done_and_leaves_the_pending_batch_uncommitted(world: World, log: list[str]) -> None:
+    world.kafka.refusal = "REBALANCE_IN_PROGRESS"
+    world.produce(P0, 2)
+    world.steps(1)
+    world.kafka.refusal = None
+    world.store.down = True
+    world.produce(P1, 3)
+    world.steps(1)
+    world.loop.stopping = True
+    world.loop.run()  # returns at once: the stop was requested
+    assert world.broker.committed == {P0: 2}
+    assert world.kafka.closed and world.dlq.closed and world.store.closed
+    assert any("stopping with 3 unwritten message(s)" in line for line in log)
+    assert any(line.startswith("INFO stopped: batches 1, inserted 2") for line in log)
+
+
+def test_a_stop_ends_the_paused_polling_early(world: World) -> None:
+    world.produce(P0)
+    world.store.down = True
+    world.kafka.events.append((False, lambda: setattr(world.loop, "stopping", True)))
+    started = world.clock.now
+    world.steps(1)
+    assert world.clock.now - started < 0.5
+
+
+def test_a_fenced_or_fatal_client_stops_the_loop(world: World) -> None:
+    world.steps(1)
+    world.kafka.fatal = "another process uses group.instance.id host-consumer_01"
+    with pytest.raises(FatalError, match=r"group\.instance\.id"):
+        world.steps(1)
+
+
+def test_stats_are_logged_every_ten_seconds(world: World, log: list[str]) -> None:
+    world.produce(P0, 2)
+    world.steps(1)
+    assert not any("batches 1" in line for line in log)
+    world.clock.now += 10
+    world.steps(1)
+    assert "INFO batches 1, orders inserted 2, redelivered 0, dead-lettered 0" in log
+
+
+def test_policies_check_themselves() -> None:
+    with pytest.raises(ValueError):
+        LoopPolicy(0, 0.1)
+    with pytest.raises(ValueError):
+        LoopPolicy(10, 0.1, backoff_start=2, backoff_max=1)
+    with pytest.raises(ValueError):
+        CommitPolicy(resend_every=0)
