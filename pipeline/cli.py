@@ -19,28 +19,61 @@ import json
 import os
 import sys
 import xmlrpc.client
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from pipeline import ops
-from pipeline.errors import PipelineError
-from pipeline.kafka_admin import ensure_topics, grow_partitions, release_static_members, topic_partition_count
+from pipeline.errors import PipelineError, SettingsError
+from pipeline.kafka_admin import after_scale, ensure_topics, grow_partitions
 from pipeline.keeper import keeper_process
 from pipeline.logs import setup_logging
 from pipeline.logtail import follow, merged_tail
+from pipeline.ops import SupervisordPaths
 from pipeline.services import LocalServices, ServiceError, ServicesConfig
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import HostSettings, Settings, environment, parse_host_settings, parse_settings
 
 console = Console()
 
 
-def cmd_services(args: argparse.Namespace, _settings: Settings) -> int:
-    config = ServicesConfig.from_env()
-    services = LocalServices(config)
-    keeper = keeper_process(config)
+class Config:
+    """The environment (variables over the env file), parsed on first use, once: a command parses only
+    what it needs, so one bad value stops only the commands that read it."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    @cached_property
+    def settings(self) -> Settings:
+        return parse_settings(self.env)
+
+    @cached_property
+    def host(self) -> HostSettings:
+        return parse_host_settings(self.env)
+
+    @cached_property
+    def services(self) -> ServicesConfig:
+        return ServicesConfig.from_host(self.host)
+
+    @cached_property
+    def supervisord(self) -> SupervisordPaths:
+        return SupervisordPaths.read(self.host.supervisord_conf)
+
+    def settings_problem(self) -> str | None:
+        """What is wrong with the settings, for a command that does not need them to say so."""
+        try:
+            self.settings  # noqa: B018 - parsing is the check
+        except SettingsError as e:
+            return str(e)
+        return None
+
+
+def cmd_services(args: argparse.Namespace, config: Config) -> int:
+    services = LocalServices(config.services)
+    keeper = keeper_process(config.services, config.supervisord)
     if args.action == "start":
         services.start(timeout=args.timeout)
     elif args.action == "stop":
@@ -55,40 +88,43 @@ def cmd_services(args: argparse.Namespace, _settings: Settings) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_up(args: argparse.Namespace, config: Config) -> int:
     """Start the keeper, which starts the servers and supervisord and restarts whatever dies."""
-    keeper = keeper_process(ServicesConfig.from_env())
+    settings, paths = config.settings, config.supervisord  # a bad value stops `up` before anything starts
+    keeper = keeper_process(config.services, paths)
     running = keeper.pid()
-    if running is None and ops.supervisord_running():
+    if running is None and ops.supervisord_running(paths):
         raise PipelineError("supervisord runs without the keeper (started by hand?): bin/pipeline down first")
     print(f"keeper {'already running' if running else 'starting'}: servers, then supervisord "
           f"(log {keeper.log_file})")
     keeper.start(timeout=args.timeout)
     ensure_topics(settings)
-    for name, pid, where in LocalServices(ServicesConfig.from_env()).status():
+    for name, pid, where in LocalServices(config.services).status():
         print(f"  {name:<22} {'running' if pid else 'STOPPED':<9} pid {pid or '-':<7} {where}")
-    print(f"supervisord ({ops.supervisord_paths().conf}, socket {ops.supervisord_paths().socket})")
-    for p in ops.processes() or []:
+    print(f"supervisord ({paths.conf}, socket {paths.socket})")
+    for p in ops.processes(paths) or []:
         print(f"  {p['name']:<22} {p['state']:<9} pid {p['pid'] or '-'}")
     return 0
 
 
-def cmd_down(args: argparse.Namespace, _settings: Settings) -> int:
-    config = ServicesConfig.from_env()
-    keeper = keeper_process(config)
+def cmd_down(args: argparse.Namespace, config: Config) -> int:
+    """Needs only where things are (the PIPELINE_* settings and the servers' addresses)."""
+    keeper = keeper_process(config.services, config.supervisord)
     if keeper.pid() is not None:
         keeper.stop(timeout=300)
         print("keeper: programs stopped, supervisord shut down")
-        LocalServices(config).stop()  # normally the keeper's last step; again in case it was cut short
-        return 0
-    print("supervisord: programs stopped, supervisord shut down" if ops.stop_supervisord()
-          else "supervisord: not running")
-    LocalServices(config).stop()
+    else:
+        print("supervisord: programs stopped, supervisord shut down" if ops.stop_supervisord(config.supervisord)
+              else "supervisord: not running")
+    LocalServices(config.services).stop()  # normally the keeper's last step; again in case it was cut short
+    problem = config.settings_problem()
+    if problem:
+        print(f"note: settings: {problem} (not needed to stop; bin/pipeline up refuses it)", file=sys.stderr)
     return 0
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    snap = ops.snapshot(settings)
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    snap = ops.snapshot(config.settings, config.supervisord)
     if args.json:
         print(json.dumps(snap, indent=2, default=str))
         return 0
@@ -147,67 +183,69 @@ def _duration(seconds: int | None) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
-def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
-    if not ops.supervisord_running():
+def cmd_scale(args: argparse.Namespace, config: Config) -> int:
+    settings, paths = config.settings, config.supervisord
+    if not ops.supervisord_running(paths):
         raise PipelineError("supervisord is not running: bin/pipeline up")
-    try:
-        result = ops.supervisor_rpc().pipeline.scale("consumer", args.count)
+    rpc = ops.supervisor_rpc(paths)
+    try:  # XML-RPC has no None: leave the count out to reconcile with the file
+        result = rpc.pipeline.scale("consumer") if args.count is None else rpc.pipeline.scale("consumer", args.count)
     except xmlrpc.client.Fault as e:
         raise PipelineError(f"scale refused: {e.faultString}") from e
-    print(f"consumer: {result.get('before')} -> {result.get('after')} processes")
+    print(f"consumer: {result['before']} -> {result['after']} processes")
     for key in ("started", "stopped"):
-        if result.get(key):
+        if result[key]:
             print(f"  {key}: {', '.join(result[key])}")
-    for line in release_static_members(result.get("stopped", []), settings):
-        print(f"  group: {line}")
-    partitions = topic_partition_count(settings)
-    if partitions is not None and args.count is not None and args.count > partitions:
-        print(f"warning: {args.count} consumers but {settings.kafka_topic} has {partitions} partitions: "
-              f"{args.count - partitions} will idle. Add partitions: bin/pipeline topic partitions {args.count}")
+    for line in after_scale(settings, config.host.kafka_lib, result["stopped"], result["after"]):
+        print(f"  {line}")
     return 0
 
 
-def cmd_logs(args: argparse.Namespace, _settings: Settings) -> int:
-    files = ops.log_files(args.name)
+def cmd_logs(args: argparse.Namespace, config: Config) -> int:
+    paths = config.supervisord
+    files = ops.log_files(paths, args.name)
     if not files and not args.follow:
-        raise PipelineError(f"no logs{' for ' + args.name if args.name else ''} under var/log")
+        raise PipelineError(f"no logs{' for ' + args.name if args.name else ''} under {paths.childlogdir}")
     for line in merged_tail(files, args.lines):
         print(line)
     if args.follow:
-        follow(lambda: ops.log_files(args.name))
+        follow(lambda: ops.log_files(paths, args.name))
     return 0
 
 
-def cmd_topic(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_topic(args: argparse.Namespace, config: Config) -> int:
+    settings = config.settings
     count = grow_partitions(settings, args.count)
     print(f"{settings.kafka_topic}: {count} partitions. Producers pick them up within ~10 s; keys that now "
           "hash to a new partition keep their order from this moment on.")
     return 0
 
 
-def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_produce(args: argparse.Namespace, config: Config) -> int:
     from dataclasses import replace
 
     from pipeline.producer import OrderProducer
 
+    settings = config.settings
     setup_logging("produce", settings.log_level, settings.log_format)
     ensure_topics(settings)
     one_shot = replace(settings, producer_max_orders=args.count, producer_rate=args.rate)
     return OrderProducer(one_shot, one_shot.client_id()).run()
 
 
-def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
+def cmd_migrate(_args: argparse.Namespace, config: Config) -> int:
     from pipeline.store import OrderStore
 
+    settings = config.settings
     applied = OrderStore(settings.database_url, settings.client_id()).migrate()
     print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
     return 0
 
 
-
-def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_audit(args: argparse.Namespace, config: Config) -> int:
     from pipeline.audit import audit, wait_for_no_lag
 
+    settings = config.settings
     if args.wait > 0:
         lag = wait_for_no_lag(settings, args.wait)
         if lag != 0:
@@ -268,19 +306,23 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"systemctl {'stop' if args.command == 'down' else 'start'} food-orders.target "
               "(systemctl status 'food-orders*' for their state)", file=sys.stderr)
         return 2
+    config = Config(environment())
+    # With a bad value anywhere, text: the command that needs the value says what is wrong.
+    setup_logging("pipeline", "WARNING", "text" if config.settings_problem() else config.settings.log_format)
     try:
-        settings = load_settings()
-        setup_logging("pipeline", "WARNING", settings.log_format)
-        code: int = args.func(args, settings)
+        code: int = args.func(args, config)
         return code
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         if e.log_tail:
             print(e.log_tail, file=sys.stderr)
         return 1
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2 if e.__class__.__name__ == "SettingsError" else 1
+        return 1
     except KeyboardInterrupt:
         return 130
 

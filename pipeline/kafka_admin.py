@@ -14,7 +14,7 @@ from loguru import logger
 
 from pipeline.errors import FatalError, RetryableError
 from pipeline.logs import kafka_logger
-from pipeline.settings import Settings, kafka_lib, load_settings
+from pipeline.settings import Settings
 
 JAVA_TOOLS = Path(__file__).resolve().parent / "java"  # package data: the Admin-API helper
 RETENTION_MS = str(7 * 24 * 3600 * 1000)
@@ -57,9 +57,8 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
             raise FatalError(f"cannot create topic {name}: {err.str()}") from e
 
 
-def topic_partition_count(settings: Settings | None = None, topic: str | None = None) -> int | None:
+def topic_partition_count(settings: Settings, topic: str | None = None) -> int | None:
     """Partitions of the orders topic, or None when the topic does not exist or Kafka is down."""
-    settings = settings or load_settings()
     topic = topic or settings.kafka_topic
     try:
         md = admin_client(settings).list_topics(topic, timeout=5)
@@ -123,15 +122,26 @@ def group_lag(settings: Settings, topic: str | None = None, group: str | None = 
         probe.close()
 
 
-def release_static_members(process_names: list[str], settings: Settings | None = None) -> list[str]:
+def after_scale(settings: Settings, kafka_lib: Path, stopped: list[str], consumers: int) -> list[str]:
+    """What follows a scale of the consumers, for `bin/pipeline scale` and `supervisorctl scale` alike:
+    the stopped processes' static members leave the group, and a warning if some consumers will idle.
+    Returns the lines to show; never raises for Kafka being unreachable (then there is nothing to say)."""
+    lines = [f"group: {line}" for line in release_static_members(settings, kafka_lib, stopped)]
+    partitions = topic_partition_count(settings)
+    if partitions is not None and consumers > partitions:
+        lines.append(f"warning: {consumers} consumers but {settings.kafka_topic} has {partitions} partitions: "
+                     f"{consumers - partitions} will idle. Add partitions: bin/pipeline topic partitions {consumers}")
+    return lines
+
+
+def release_static_members(settings: Settings, kafka_lib: Path, process_names: list[str]) -> list[str]:
     """Remove the static members of consumer processes stopped for good (a scale down) from the
     group, so their partitions move now rather than after the session timeout. Returns what happened,
     one line per member; never raises (the timeout still moves the partitions if this fails).
 
     Static members never leave on their own (that is what lets a restarted process keep its
     partitions) and confluent-kafka has no binding for the Admin call, so Kafka's Java Admin client
-    does it, from the installed jars (pipeline/java/RemoveStaticMembers.java)."""
-    settings = settings or load_settings()
+    does it, from the installed jars under `kafka_lib` (pipeline/java/RemoveStaticMembers.java)."""
     if not process_names:
         return []
     if dict(settings.kafka_security).get("security.protocol", "PLAINTEXT") != "PLAINTEXT":
@@ -143,7 +153,7 @@ def release_static_members(process_names: list[str], settings: Settings | None =
         return []
     cmd = ["java", "-Xmx128m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
            f"-Dlog4j.configuration=file:{JAVA_TOOLS / 'tools-log4j.properties'}",
-           "-cp", f"{kafka_lib()}/*", str(JAVA_TOOLS / "RemoveStaticMembers.java"),
+           "-cp", f"{kafka_lib}/*", str(JAVA_TOOLS / "RemoveStaticMembers.java"),
            settings.kafka_bootstrap_servers, settings.consumer_group_id,
            *present]
     try:

@@ -29,8 +29,9 @@ from loguru import logger
 
 from pipeline.errors import FatalError
 from pipeline.logs import setup_logging
-from pipeline.ops import SupervisordPaths, await_supervisord, supervisord_paths
+from pipeline.ops import SupervisordPaths, await_supervisord, supervisord_running
 from pipeline.services import LocalServices, ManagedProcess, ServiceError, ServicesConfig
+from pipeline.settings import environment, parse_host_settings
 
 CHECK_EVERY = 0.5
 RETRY_MAX = 30.0  # longest pause between two tries of something that keeps failing to start
@@ -109,7 +110,7 @@ class Keeper:
             env={**os.environ, KEEPER_TAG: self.tag},
         )
         self.supervisord = proc
-        await_supervisord(30, alive=lambda: proc.poll() is None)
+        await_supervisord(self.paths, 30, alive=lambda: proc.poll() is None)
         self.delay.pop("supervisord", None)
         logger.info("supervisord running, pid {} ({})", proc.pid, self.paths.conf)
 
@@ -177,10 +178,8 @@ class Keeper:
                     os.waitpid(child.pid, os.WNOHANG)
 
 
-def keeper_process(config: ServicesConfig) -> ManagedProcess:
+def keeper_process(config: ServicesConfig, paths: SupervisordPaths) -> ManagedProcess:
     """The keeper as a server of its own, for `bin/pipeline up`/`down`: ready once supervisord answers."""
-    from pipeline.ops import supervisord_running
-
     root = config.state_dir
     return ManagedProcess(
         name="keeper",
@@ -188,7 +187,7 @@ def keeper_process(config: ServicesConfig) -> ManagedProcess:
         pid_file=root / "run" / "keeper.pid",
         log_file=root / "log" / "keeper.log",
         ports=[],
-        ready=supervisord_running,
+        ready=lambda: supervisord_running(paths),
         marker="pipeline.keeper",
     )
 
@@ -196,7 +195,9 @@ def keeper_process(config: ServicesConfig) -> ManagedProcess:
 def main() -> int:
     setup_logging("keeper")
     try:
-        keeper = Keeper(LocalServices(ServicesConfig.from_env(), say=logger.info), supervisord_paths())
+        host = parse_host_settings(environment())
+        keeper = Keeper(LocalServices(ServicesConfig.from_host(host), say=logger.info),
+                        SupervisordPaths.read(host.supervisord_conf))
     except (ServiceError, FatalError) as e:
         logger.error("{}", e)
         return 1

@@ -14,11 +14,14 @@ from pipeline.services.process import tail
 
 
 def merged_tail(files: Iterable[Path], lines: int) -> list[str]:
-    """The last `lines` lines of each file, merged by their leading timestamp, with a name prefix."""
+    """The last `lines` lines of each file merged by their leading timestamp, each prefixed with the
+    process name; at most 4 × `lines` in all (`lines` 0: none)."""
+    if lines <= 0:
+        return []
     per_file = []
     for path in files:
-        width = path.stem
-        per_file.append([(line[:23], f"{width:<12} | {line}") for line in tail(path, lines).splitlines()])
+        name = path.stem
+        per_file.append([(line[:23], f"{name:<12} | {line}") for line in tail(path, lines).splitlines()])
     return [text for _, text in heapq.merge(*per_file, key=lambda item: item[0])][-lines * 4:]
 
 

@@ -7,10 +7,7 @@ and a part that cannot be reached (supervisord down, Kafka down) is reported, no
 from __future__ import annotations
 
 import configparser
-import os
 import socket
-import subprocess
-import sys
 import time
 import xmlrpc.client
 from collections.abc import Callable
@@ -23,7 +20,7 @@ from confluent_kafka import KafkaException
 
 from pipeline.errors import FatalError
 from pipeline.kafka_admin import admin_client, group_lag, topic_partition_count
-from pipeline.settings import REPO, Settings
+from pipeline.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -57,58 +54,40 @@ class SupervisordPaths:
         )
 
 
-def supervisord_paths() -> SupervisordPaths:
-    """The supervisord this command drives: $PIPELINE_SUPERVISORD_CONF, else the checkout's."""
-    return SupervisordPaths.read(Path(os.environ.get("PIPELINE_SUPERVISORD_CONF", REPO / "supervisord.conf")).resolve())
-
-
-def supervisor_rpc() -> Any:
+def supervisor_rpc(paths: SupervisordPaths) -> Any:
     """An XML-RPC proxy to supervisord over its unix socket."""
     from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped,unused-ignore]
 
-    transport = SupervisorTransport(None, None, f"unix://{supervisord_paths().socket}")
+    transport = SupervisorTransport(None, None, f"unix://{paths.socket}")
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 
-def supervisord_running() -> bool:
+def supervisord_running(paths: SupervisordPaths) -> bool:
     try:
-        return bool(supervisor_rpc().supervisor.getState()["statecode"] == 1)
+        return bool(supervisor_rpc(paths).supervisor.getState()["statecode"] == 1)
     except (OSError, xmlrpc.client.Error):
         return False
 
 
-def start_supervisord(timeout: float = 30.0) -> None:
-    """Start supervisord as a daemon (without the keeper: `bin/pipeline up` uses the keeper)."""
-    if supervisord_running():
-        return
-    paths = supervisord_paths()
-    for d in (paths.socket.parent, paths.childlogdir):
-        d.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(paths.conf)],
-                   cwd=paths.conf.parent, check=True)
-    await_supervisord(timeout)
-
-
-def await_supervisord(timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+def await_supervisord(paths: SupervisordPaths, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
     """Wait until supervisord answers on its socket (or `alive()` turns false)."""
-    paths = supervisord_paths()
     deadline = time.monotonic() + timeout
-    while not supervisord_running():
+    while not supervisord_running(paths):
         if time.monotonic() > deadline or not alive():
             raise FatalError(f"supervisord did not answer on {paths.socket} within {timeout:.0f}s; "
                              f"see {paths.logfile}")
         time.sleep(0.2)
 
 
-def stop_supervisord(timeout: float = 120.0) -> bool:
+def stop_supervisord(paths: SupervisordPaths, timeout: float = 120.0) -> bool:
     """Stop every program gracefully (their stopsignal, stopwaitsecs), then supervisord itself."""
-    if not supervisord_running():
+    if not supervisord_running(paths):
         return False
-    rpc = supervisor_rpc()
+    rpc = supervisor_rpc(paths)
     rpc.supervisor.stopAllProcesses(True)
     rpc.supervisor.shutdown()
     deadline = time.monotonic() + timeout
-    while supervisord_paths().socket.exists() and time.monotonic() < deadline:
+    while paths.socket.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     return True
 
@@ -116,15 +95,15 @@ def stop_supervisord(timeout: float = 120.0) -> bool:
 # -- status ----------------------------------------------------------------------------------------
 
 
-def processes() -> list[dict[str, Any]] | None:
+def processes(paths: SupervisordPaths) -> list[dict[str, Any]] | None:
     """supervisord's view: name, state, pid, uptime; None when supervisord is not running."""
-    if not supervisord_running():
+    if not supervisord_running(paths):
         return None
     now = time.time()
     return [
         {"name": f"{p['group']}:{p['name']}" if p["group"] != p["name"] else p["name"], "state": p["statename"],
          "pid": p["pid"] or None, "uptime_s": int(now - p["start"]) if p["statename"] == "RUNNING" else None}
-        for p in supervisor_rpc().supervisor.getAllProcessInfo()
+        for p in supervisor_rpc(paths).supervisor.getAllProcessInfo()
     ]
 
 
@@ -191,10 +170,10 @@ def with_local_processes(members: list[dict[str, Any]] | None,
     return members
 
 
-def snapshot(settings: Settings) -> dict[str, Any]:
+def snapshot(settings: Settings, paths: SupervisordPaths) -> dict[str, Any]:
     """Everything `bin/pipeline status` shows."""
     lags = lag(settings)
-    procs = processes()
+    procs = processes(paths)
     return {
         "processes": procs,
         "topic": {"name": settings.kafka_topic, "partitions": topic_partition_count(settings)},
@@ -207,9 +186,9 @@ def snapshot(settings: Settings) -> dict[str, Any]:
     }
 
 
-def log_files(name: str | None = None) -> list[Path]:
+def log_files(paths: SupervisordPaths, name: str | None = None) -> list[Path]:
     """Program logs in supervisord's childlogdir (one per process)."""
-    logs = sorted(p for p in supervisord_paths().childlogdir.glob("*.log")
+    logs = sorted(p for p in paths.childlogdir.glob("*.log")
                   if p.name != "supervisord.log" and not p.name.startswith(("kafka", "zookeeper", "postgres")))
     if name:
         logs = [p for p in logs if p.stem == name or p.stem.startswith(f"{name}_")]

@@ -11,10 +11,10 @@ Each exits 0 when the condition holds, 1 with one line on stderr when the timeou
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pipeline.services.process import ServiceError
 from pipeline.services.servers import broker_answers
@@ -26,10 +26,10 @@ def _probe(args: argparse.Namespace) -> Callable[[], bool]:
         return lambda: zookeeper_serving(args.port)
     if args.server == "kafka":
         return lambda: broker_answers(f"127.0.0.1:{args.port}")
-    os.environ["PIPELINE_SUPERVISORD_CONF"] = args.conf
-    from pipeline.ops import supervisord_running
+    from pipeline.ops import SupervisordPaths, supervisord_running
 
-    return supervisord_running
+    conf = Path(args.conf).resolve()
+    return lambda: supervisord_running(SupervisordPaths.read(conf))  # a conf not there yet: "not yet"
 
 
 def await_ready(args: argparse.Namespace) -> int:

@@ -14,12 +14,14 @@ from dotenv import dotenv_values
 
 from pipeline.errors import SettingsError
 
-# The checkout (an editable install) or, on an installed host, the venv's site-packages: only the
-# defaults below use it; an installed host names its files with PIPELINE_ENV_FILE and PIPELINE_PREFIX.
+# The checkout (an editable install) or, on an installed host, the venv's site-packages: relative paths
+# are resolved from it; an installed host names its files with absolute PIPELINE_ENV_FILE, PIPELINE_PREFIX
+# and PIPELINE_SUPERVISORD_CONF.
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 LogFormat = Literal["text", "json"]
+KafkaMode = Literal["zookeeper", "kraft"]
 _LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # Kafka client security passthrough: our variable -> librdkafka property.
@@ -63,15 +65,28 @@ class Settings:
         return {"bootstrap.servers": self.kafka_bootstrap_servers, **dict(self.kafka_security)}
 
 
+@dataclass(frozen=True)
+class HostSettings:
+    """This host's files and local servers (the PIPELINE_* variables) and the two addresses the servers
+    serve: all that `down`, `services` and `logs` need, so they work while another setting is broken."""
+
+    prefix: Path = REPO / ".local"
+    state_dir: Path = REPO / "var"
+    supervisord_conf: Path = REPO / "supervisord.conf"
+    kafka_mode: KafkaMode = "zookeeper"
+    zookeeper_port: int = 2181
+    controller_port: int = 9093
+    kafka_bootstrap_servers: str = Settings.kafka_bootstrap_servers
+    database_url: str = Settings.database_url
+
+    @property
+    def kafka_lib(self) -> Path:
+        """The Kafka jars (bin/setup installs them; an installed host has them under /opt/food-orders)."""
+        return self.prefix / "kafka" / "lib"
+
+
 def client_id(prefix: str, hostname: str | None = None, pid: int | None = None) -> str:
     return f"{prefix}-{hostname or socket.gethostname()}-{pid if pid is not None else os.getpid()}"
-
-
-def kafka_lib() -> Path:
-    """Where the Kafka jars are: $PIPELINE_PREFIX/kafka/lib, from the environment or the env file
-    (an installed host names /opt/food-orders there); relative paths are from the checkout."""
-    prefix = Path(environment().get("PIPELINE_PREFIX", ".local"))
-    return (prefix if prefix.is_absolute() else REPO / prefix) / "kafka" / "lib"
 
 
 def environment(env: Mapping[str, str] | None = None, env_file: Path | None = None) -> dict[str, str]:
@@ -92,13 +107,33 @@ def load_settings(env: Mapping[str, str] | None = None, env_file: Path | None = 
     return parse_settings(environment(env, env_file))
 
 
-def parse_settings(env: Mapping[str, str]) -> Settings:
-    d = Settings()
+def _getter(env: Mapping[str, str]) -> Callable[[str, Callable[[str, str], T], T], T]:
+    """`get(VARIABLE, parse, default)`: the default when unset or empty, else parse(VARIABLE, raw)."""
 
     def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
         raw = env.get(name, "").strip()
         return default if raw == "" else parse(name, raw)
 
+    return get
+
+
+def parse_host_settings(env: Mapping[str, str]) -> HostSettings:
+    """The PIPELINE_* variables and the server addresses, by the same parsers and defaults as Settings."""
+    d, get = HostSettings(), _getter(env)
+    return HostSettings(
+        prefix=get("PIPELINE_PREFIX", _path, d.prefix),
+        state_dir=get("PIPELINE_STATE_DIR", _path, d.state_dir),
+        supervisord_conf=get("PIPELINE_SUPERVISORD_CONF", _path, d.supervisord_conf),
+        kafka_mode=get("PIPELINE_KAFKA_MODE", _choice(("zookeeper", "kraft")), d.kafka_mode),  # type: ignore[arg-type]
+        zookeeper_port=get("PIPELINE_ZOOKEEPER_PORT", _int_range(1, 65535), d.zookeeper_port),
+        controller_port=get("PIPELINE_KAFKA_CONTROLLER_PORT", _int_range(1, 65535), d.controller_port),
+        kafka_bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", _bootstrap, d.kafka_bootstrap_servers),
+        database_url=get("DATABASE_URL", _database_url, d.database_url),
+    )
+
+
+def parse_settings(env: Mapping[str, str]) -> Settings:
+    d, get = Settings(), _getter(env)
     settings = Settings(
         kafka_bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", _bootstrap, d.kafka_bootstrap_servers),
         kafka_topic=get("KAFKA_TOPIC", _topic, d.kafka_topic),
@@ -193,6 +228,11 @@ def _topic(name: str, raw: str) -> str:
     if not ok:
         raise SettingsError(f"{name}: {raw!r} is not a legal Kafka topic name ([a-zA-Z0-9._-], ≤ 249)")
     return raw
+
+
+def _path(_name: str, raw: str) -> Path:
+    """Relative to the checkout (see REPO), like bin/setup and bin/supervisorctl read them."""
+    return (REPO / raw).resolve()
 
 
 def _bootstrap(name: str, raw: str) -> str:

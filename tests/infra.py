@@ -47,13 +47,6 @@ class Infra:
         """A fresh, empty database owned by the pipeline role; returns its URL."""
         return create_database(self.database_url, f"t_{uuid.uuid4().hex[:12]}")
 
-    def env(self, **extra: str) -> dict[str, str]:
-        """Environment for a pipeline process pointed at these servers."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DATABASE_"))}
-        env.update(KAFKA_BOOTSTRAP_SERVERS=self.bootstrap_servers, DATABASE_URL=self.database_url)
-        env.update(extra)
-        return env
-
 
 @contextmanager
 def local_infra(kafka_mode: str = "zookeeper") -> Iterator[Infra]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.services.process import free_port
 from pipeline.services.servers import LocalServices, ServicesConfig
+from pipeline.settings import parse_host_settings
 
 
 @contextmanager
@@ -24,15 +25,16 @@ def ephemeral_services(name: str, kafka_mode: str = "zookeeper", kafka_heap: str
     pass or fail; `keep_state` keeps the temp dir (its logs) and says where."""
     root = Path(tempfile.mkdtemp(prefix=f"food-orders-{name}-"))
     os.chmod(root, 0o755)  # the postgres account must reach its data dir inside
-    config = replace(ServicesConfig.from_env({
+    host = parse_host_settings({
         "PIPELINE_STATE_DIR": str(root),
-        "PIPELINE_PREFIX": os.environ.get("PIPELINE_PREFIX", ".local"),
+        "PIPELINE_PREFIX": os.environ.get("PIPELINE_PREFIX", ""),  # the jars: as installed, else the checkout's
         "PIPELINE_KAFKA_MODE": kafka_mode,
         "PIPELINE_ZOOKEEPER_PORT": str(free_port()),
         "PIPELINE_KAFKA_CONTROLLER_PORT": str(free_port()),
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "DATABASE_URL": f"postgresql://pipeline:{uuid.uuid4().hex}@127.0.0.1:{free_port()}/pipeline",
-    }), kafka_heap=kafka_heap)
+    })
+    config = replace(ServicesConfig.from_host(host), kafka_heap=kafka_heap)
     services = LocalServices(config)
     try:
         services.start(timeout=120, say=lambda line: None)

@@ -17,21 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pipeline.services.process import ManagedProcess, RunAs, ServiceError
 from pipeline.services.zookeeper import await_broker_released, zookeeper_serving
+from pipeline.settings import REPO, HostSettings, KafkaMode
 
-REPO = Path(__file__).resolve().parents[2]
 KAFKA_DEPLOY = REPO / "deploy" / "kafka"
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-KafkaMode = Literal["zookeeper", "kraft"]
 
 
 @dataclass(frozen=True)
 class ServicesConfig:
-    """Where the servers live and listen. Loaded from the environment by `from_env`."""
+    """Where the servers live and listen: derived from the host settings by `from_host`."""
 
     state_dir: Path
     prefix: Path
@@ -61,42 +59,26 @@ class ServicesConfig:
         )
 
     @staticmethod
-    def from_env(env: dict[str, str] | None = None) -> ServicesConfig:
-        """From `env`, or by default from os.environ over the checkout's `.env`."""
-        if env is None:
-            from pipeline.settings import environment
-
-            env = environment()
-        url = urlsplit(env.get("DATABASE_URL", "postgresql://orders@127.0.0.1:5433/orders"))
-        if url.scheme not in ("postgresql", "postgres"):
-            raise ServiceError(f"DATABASE_URL: expected a postgresql:// URL, got scheme {url.scheme!r}")
-        mode = env.get("PIPELINE_KAFKA_MODE", "zookeeper")
-        if mode not in ("zookeeper", "kraft"):
-            raise ServiceError(f"PIPELINE_KAFKA_MODE: expected zookeeper or kraft, got {mode!r}")
-        names = ((url.username or "orders", "user"), ((url.path or "/orders").lstrip("/"), "database"))
-        for part, what in names:
+    def from_host(host: HostSettings) -> ServicesConfig:
+        """The local servers serve the first KAFKA_BOOTSTRAP_SERVERS port and DATABASE_URL's port,
+        database and role (whose names we put in SQL, so they must be plain identifiers)."""
+        url = urlsplit(host.database_url)
+        user, db = unquote(url.username or "orders"), url.path.lstrip("/")
+        for part, what in ((user, "user"), (db, "database")):
             if not _IDENT.fullmatch(part):
                 raise ServiceError(f"DATABASE_URL: {what} name {part!r} must match {_IDENT.pattern}")
-        bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092").split(",")[0]
         return ServicesConfig(
-            state_dir=(REPO / env.get("PIPELINE_STATE_DIR", "var")).resolve(),
-            prefix=(REPO / env.get("PIPELINE_PREFIX", ".local")).resolve(),
-            kafka_mode=mode,  # type: ignore[arg-type]  # checked just above
-            zookeeper_port=_port(env, "PIPELINE_ZOOKEEPER_PORT", 2181),
-            kafka_port=int(bootstrap.rsplit(":", 1)[1]),
-            controller_port=_port(env, "PIPELINE_KAFKA_CONTROLLER_PORT", 9093),
+            state_dir=host.state_dir,
+            prefix=host.prefix,
+            kafka_mode=host.kafka_mode,
+            zookeeper_port=host.zookeeper_port,
+            kafka_port=int(host.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)[1]),
+            controller_port=host.controller_port,
             postgres_port=url.port or 5432,
-            db_name=(url.path or "/orders").lstrip("/") or "orders",
-            db_user=unquote(url.username or "orders"),
+            db_name=db,
+            db_user=user,
             db_password=unquote(url.password or ""),
         )
-
-
-def _port(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, str(default))
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ServiceError(f"{name}: expected a TCP port, got {raw!r}")
-    return int(raw)
 
 
 def render(template: Path, dest: Path, **values: object) -> None:

@@ -4,13 +4,12 @@ Enabled in supervisord.conf with::
 
     [ctlplugin:pipeline]
     supervisor.ctl_factory = pipeline.supervisor.ctl:make_ctlplugin
-    ; optional: consumer_program = consumer   (the program whose count is checked
-    ;           against the Kafka topic's partitions)
+    ; optional: consumer_program = consumer   (the program whose scale is followed by
+    ;           the consumer group steps: stopped members leave, idle consumers warned about)
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 from xmlrpc.client import Fault
@@ -22,35 +21,31 @@ from supervisor.supervisorctl import (  # type: ignore[import-untyped,unused-ign
 )
 from supervisor.xmlrpc import Faults  # type: ignore[import-untyped,unused-ignore]
 
+from pipeline.errors import SettingsError  # no dependencies: supervisorctl stays light
+
 log = logging.getLogger(__name__)
 
 USAGE = "scale <program> [N]"
 
 
-def topic_partition_count() -> int | None:
-    """Partitions of the orders topic, or None if unknown (never raises).
+def after_scale(stopped: list[str], consumers: int) -> list[str]:
+    """The steps after a scale of the consumers, shared with ``bin/pipeline scale``
+    (``pipeline.kafka_admin.after_scale``), with the settings of supervisorctl's environment.
 
-    Isolated so tests can patch it; ``pipeline.kafka_admin`` is imported lazily
-    because supervisorctl must work even when Kafka or its client is not there.
+    Never raises: supervisorctl must work even when Kafka or its client is not there
+    (then there is nothing to say); a bad setting is one line naming it.
     """
     try:
-        kafka_admin = importlib.import_module("pipeline.kafka_admin")
-        count = kafka_admin.topic_partition_count()
-    except Exception as exc:  # noqa: BLE001 - any failure only means "no warning"
-        log.debug("partition count unavailable: %s", exc)
-        return None
-    return count if isinstance(count, int) else None
+        from pipeline import kafka_admin
+        from pipeline.settings import environment, parse_host_settings, parse_settings
 
-
-def release_static_members(names: list[str]) -> list[str]:
-    """Let the stopped consumers' partitions move now (see pipeline.kafka_admin); never raises."""
-    try:
-        kafka_admin = importlib.import_module("pipeline.kafka_admin")
-        lines: list[str] = kafka_admin.release_static_members(names)
+        env = environment()
+        return kafka_admin.after_scale(parse_settings(env), parse_host_settings(env).kafka_lib, stopped, consumers)
+    except SettingsError as exc:
+        return [f"group and partitions not checked: {exc}"]
     except Exception as exc:  # noqa: BLE001 - the session timeout moves the partitions anyway
-        log.debug("static members not released: %s", exc)
+        log.debug("steps after the scale skipped: %s", exc)
         return []
-    return lines
 
 
 def parse_args(arg: str) -> tuple[str, int | None]:
@@ -116,19 +111,8 @@ class ScaleControllerPlugin(ControllerPluginBase):  # type: ignore[misc]  # unty
         if result["failed"]:
             self.ctl.exitstatus = LSBInitExitStatuses.GENERIC
         if program == self.consumer_program:
-            for line in release_static_members(list(result["stopped"])):
-                self.ctl.output(f"{program}: group: {line}")
-            self._warn_idle(after)
-
-    def _warn_idle(self, consumers: int) -> None:
-        partitions = topic_partition_count()
-        if partitions is None or consumers <= partitions:
-            return
-        self.ctl.output(
-            f"WARNING: {consumers} consumers but the topic has {partitions} partitions: "
-            f"{consumers - partitions} consumer(s) will idle. "
-            f"To use them: bin/pipeline topic partitions {consumers}"
-        )
+            for line in after_scale(list(result["stopped"]), after):
+                self.ctl.output(f"{program}: {line}")
 
     def _error(self, message: str) -> None:
         self.ctl.output(f"ERROR: {message}")

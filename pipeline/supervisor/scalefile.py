@@ -22,7 +22,7 @@ class ScaleFileError(Exception):
 
 def _section_header(line: str) -> str | None:
     """Section name if ``line`` is a section header, like configparser reads it."""
-    stripped = _INLINE_COMMENT_RE.sub("", line.strip())
+    stripped = _INLINE_COMMENT_RE.sub("", line.strip()).rstrip()
     if line[:1].isspace() or not (stripped.startswith("[") and stripped.endswith("]")):
         return None
     return stripped[1:-1]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO
 from tests.host.sandbox import SystemdSandbox
 
-REPO = Path(__file__).resolve().parents[2]
 NOT_ROOT = "systemd sandbox tests need root (namespaces, mounts, cgroups); CI runs them as root"
 
 

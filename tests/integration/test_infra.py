@@ -15,20 +15,11 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.services import LocalServices, ServiceError, ServicesConfig, free_port
+from pipeline.settings import parse_host_settings
+from tests.helpers import REPO
 from tests.infra import Infra, local_infra
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
@@ -122,11 +113,11 @@ def test_port_in_use_is_reported_with_its_owner(tmp_path: Path) -> None:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        config = ServicesConfig.from_env({
+        config = ServicesConfig.from_host(parse_host_settings({
             "PIPELINE_STATE_DIR": str(tmp_path), "PIPELINE_ZOOKEEPER_PORT": str(port),
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-            "PIPELINE_PREFIX": os.environ.get("PIPELINE_PREFIX", ".local"),
-        })
+            "PIPELINE_PREFIX": os.environ.get("PIPELINE_PREFIX", ""),
+        }))
         with pytest.raises(ServiceError) as err:
             LocalServices(config).start(timeout=30, say=lambda line: None)
     assert f"port {port} is already in use by pid {os.getpid()}" in str(err.value)
@@ -135,7 +126,7 @@ def test_port_in_use_is_reported_with_its_owner(tmp_path: Path) -> None:
 def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    config = ServicesConfig.from_env({"PIPELINE_STATE_DIR": str(blocker / "state")})
+    config = ServicesConfig.from_host(parse_host_settings({"PIPELINE_STATE_DIR": str(blocker / "state")}))
     with pytest.raises(ServiceError, match="is not writable"):
         LocalServices(config).start(timeout=5, say=lambda line: None)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 from pipeline.audit import audit
 from pipeline.services import free_port
 from pipeline.settings import load_settings
-from tests.helpers import REPO, PipelineEnv, wait_for
+from tests.helpers import PipelineEnv, wait_for
 from tests.supervised import Supervised
 
 pytestmark = [pytest.mark.supervisor, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -42,20 +40,15 @@ def host(tmp_path: Path) -> Iterator[Supervised]:
                      PIPELINE_ZOOKEEPER_PORT=str(free_port()), PIPELINE_KAFKA_CONTROLLER_PORT=str(free_port()),
                      PRODUCER_RATE="300")
     try:
-        up = cli(sup, "up", "--timeout", "240")
+        up = sup.pipeline("up", "--timeout", "240", check=False)
         assert up.returncode == 0, up.stdout + up.stderr
         yield sup
     finally:
-        down = cli(sup, "down")
+        down = sup.pipeline("down", check=False)
         keeper = state / "run" / "keeper.pid"
         if down.returncode != 0 and keeper.exists():  # leave nothing running, whatever happened
             os.killpg(int(keeper.read_text()), signal.SIGKILL)
         assert down.returncode == 0, down.stdout + down.stderr + keeper_log(sup)
-
-
-def cli(sup: Supervised, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=sup.env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
 
 
 def keeper_log(sup: Supervised) -> str:

@@ -7,7 +7,6 @@ pid and exits 0 on SIGTERM.  supervisord is always shut down by the fixture fina
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
@@ -18,7 +17,7 @@ import sys
 import threading
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,12 @@ from supervisor import xmlrpc as supervisor_xmlrpc
 from supervisor.options import ClientOptions, ServerOptions
 from supervisor.supervisorctl import Controller
 
-from pipeline.supervisor import ctl as scale_ctl
+from pipeline import kafka_admin
+from tests.helpers import REPO, wait_for
+from tests.supervised import Supervisord
 
 pytestmark = [pytest.mark.supervisor, pytest.mark.timeout(180)]
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent  # the virtualenv running the tests has supervisor
 
 DUMMY = """\
 import os, signal, sys, time
@@ -104,93 +103,19 @@ files = conf.d/*.conf
 """
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll until predicate() is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-class Supervisord:
-    """A supervisord in a temp dir, driven by XML-RPC and by the supervisorctl CLI."""
+class DummyHost(Supervisord):
+    """supervisord with our rpcinterface and ctlplugin in a temp dir, running the dummy consumers."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.conf = root / "supervisord.conf"
         self.scale_file = root / "conf.d" / "consumer.conf"
         self.events = root / "events"
-        self.sock = root / "run" / "supervisor.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         for sub in ("conf.d", "events", "log", "run"):
             (root / sub).mkdir()
         (root / "dummy.py").write_text(DUMMY)
-        self.conf.write_text(MAIN_CONF.format(python=sys.executable))
+        (root / "supervisord.conf").write_text(MAIN_CONF.format(python=sys.executable))
         self.scale_file.write_text(CONSUMER_CONF.format(python=sys.executable, numprocs=1))
-
-    # --- lifecycle ----------------------------------------------------------------------
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [str(BIN / "supervisord"), "-n", "-c", str(self.conf)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.root / "log" / "supervisord.stderr").open("ab"),
-        )
-        wait_for(self._up, what="supervisord to answer on its socket")
-
-    def _up(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"supervisord exited with {self.proc.returncode}: {self.logs()}")
-        try:
-            return bool(self.rpc().supervisor.getState()["statename"] == "RUNNING")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """Graceful shutdown; on any trouble, kill supervisord and every child it left."""
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        children = []
-        with contextlib.suppress(psutil.Error):
-            children = psutil.Process(proc.pid).children(recursive=True)
-        with contextlib.suppress(Exception):
-            self.rpc().supervisor.shutdown()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-
-    def logs(self) -> str:
-        files = sorted((self.root / "log").glob("supervisord*"))
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in files)
-
-    # --- clients ------------------------------------------------------------------------
-
-    def rpc(self) -> Any:
-        transport = supervisor_xmlrpc.SupervisorTransport(None, None, f"unix://{self.sock}")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "supervisorctl"), "-c", str(self.conf), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+        super().__init__(root / "supervisord.conf", env)
 
     def consumers(self) -> dict[str, tuple[str, int]]:
         """consumer process name -> (state name, pid)."""
@@ -204,7 +129,10 @@ class Supervisord:
                 return {name: pid for name, (_, pid) in now.items()}
             return None
 
-        return dict(wait_for(running, what=f"exactly {names} RUNNING"))
+        return dict(wait_for(running, 20, f"exactly {names} RUNNING", interval=0.05))
+
+    def wait_stopping(self, name: str) -> None:
+        wait_for(lambda: self.consumers().get(name, ("",))[0] == "STOPPING", 20, f"{name} STOPPING", interval=0.05)
 
     def terminated(self, pid: int) -> bool:
         """The dummy with this pid got SIGTERM (graceful stop) and is gone."""
@@ -217,8 +145,8 @@ class Supervisord:
 
 
 @pytest.fixture
-def sup(tmp_path: Path) -> Iterator[Supervisord]:
-    server = Supervisord(tmp_path)
+def sup(tmp_path: Path) -> Iterator[DummyHost]:
+    server = DummyHost(tmp_path)
     try:
         server.start()
         yield server
@@ -230,7 +158,7 @@ def numprocs_line(path: Path) -> str:
     return next(line for line in path.read_text().splitlines() if line.startswith("numprocs"))
 
 
-def test_scale_up_and_down_touches_only_the_difference(sup: Supervisord) -> None:
+def test_scale_up_and_down_touches_only_the_difference(sup: DummyHost) -> None:
     original = sup.scale_file.read_text()
     pid1 = sup.wait_running(["consumer_01"])["consumer_01"]
 
@@ -260,7 +188,7 @@ def test_scale_up_and_down_touches_only_the_difference(sup: Supervisord) -> None
     sup.assert_reread_clean()
 
 
-def test_scale_to_zero_and_back(sup: Supervisord) -> None:
+def test_scale_to_zero_and_back(sup: DummyHost) -> None:
     pid1 = sup.wait_running(["consumer_01"])["consumer_01"]
     out = sup.ctl("scale", "consumer", "0")
     assert out.returncode == 0, out
@@ -273,7 +201,7 @@ def test_scale_to_zero_and_back(sup: Supervisord) -> None:
     sup.assert_reread_clean()
 
 
-def test_count_survives_a_supervisord_restart(sup: Supervisord) -> None:
+def test_count_survives_a_supervisord_restart(sup: DummyHost) -> None:
     sup.wait_running(["consumer_01"])
     assert sup.ctl("scale", "consumer", "2").returncode == 0
     sup.stop()
@@ -282,7 +210,7 @@ def test_count_survives_a_supervisord_restart(sup: Supervisord) -> None:
     sup.assert_reread_clean()
 
 
-def test_scale_without_count_reconciles_with_the_hand_edited_file(sup: Supervisord) -> None:
+def test_scale_without_count_reconciles_with_the_hand_edited_file(sup: DummyHost) -> None:
     pid1 = sup.wait_running(["consumer_01"])["consumer_01"]
     sup.scale_file.write_text(sup.scale_file.read_text().replace("numprocs = 1 ", "numprocs = 2 "))
 
@@ -303,17 +231,14 @@ def test_scale_without_count_reconciles_with_the_hand_edited_file(sup: Superviso
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        # end to end, through the RPC (the plugin's own checks: tests/unit/test_ctl.py)
         (("scale", "nosuch", "2"), "no such program"),
         (("scale", "other", "2"), "cannot be scaled"),
-        (("scale", "consumer", "-1"), "N must be >= 0"),
         (("scale", "consumer", "65"), "outside 0..64"),
-        (("scale", "consumer", "two"), "N must be a whole number"),
-        (("scale",), "usage: scale <program> [N]"),
-        (("scale", "consumer", "2", "3"), "usage: scale <program> [N]"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_changes_nothing(
-    sup: Supervisord, args: tuple[str, ...], message: str
+    sup: DummyHost, args: tuple[str, ...], message: str
 ) -> None:
     before_text = sup.scale_file.read_text()
     pid1 = sup.wait_running(["consumer_01"])["consumer_01"]
@@ -324,21 +249,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(
     assert sup.wait_running(["consumer_01"]) == {"consumer_01": pid1}
 
 
-def test_bad_rpc_arguments_are_faults(sup: Supervisord) -> None:
-    sup.wait_running(["consumer_01"])
-    server = sup.rpc()
-    for args, code in [
-        (("consumer", -1), supervisor_xmlrpc.Faults.BAD_ARGUMENTS),
-        (("consumer", 1000), supervisor_xmlrpc.Faults.BAD_ARGUMENTS),
-        (("consumer", "3"), supervisor_xmlrpc.Faults.BAD_ARGUMENTS),
-        (("nosuch", 1), supervisor_xmlrpc.Faults.BAD_NAME),
-    ]:
-        with pytest.raises(xmlrpc.client.Fault) as info:
-            server.pipeline.scale(*args)
-        assert info.value.faultCode == code, (args, info.value)
-
-
-def test_unwritable_scale_file_is_a_clear_error(sup: Supervisord) -> None:
+def test_unwritable_scale_file_is_a_clear_error(sup: DummyHost) -> None:
     before_text = sup.scale_file.read_text()
     pid1 = sup.wait_running(["consumer_01"])["consumer_01"]
     conf_d = sup.scale_file.parent
@@ -365,7 +276,7 @@ def test_unwritable_scale_file_is_a_clear_error(sup: Supervisord) -> None:
     sup.assert_reread_clean()
 
 
-def test_edit_beyond_numprocs_is_refused_and_file_restored(sup: Supervisord) -> None:
+def test_edit_beyond_numprocs_is_refused_and_file_restored(sup: DummyHost) -> None:
     pid1 = sup.wait_running(["consumer_01"])["consumer_01"]
     edited = sup.scale_file.read_text().replace("stopwaitsecs = 10", "stopwaitsecs = 11")
     sup.scale_file.write_text(edited)
@@ -377,7 +288,7 @@ def test_edit_beyond_numprocs_is_refused_and_file_restored(sup: Supervisord) -> 
     assert sup.wait_running(["consumer_01"]) == {"consumer_01": pid1}
 
 
-def test_slow_stop_does_not_block_supervisord(sup: Supervisord) -> None:
+def test_slow_stop_does_not_block_supervisord(sup: DummyHost) -> None:
     sup.wait_running(["consumer_01"])
     assert sup.ctl("scale", "consumer", "2").returncode == 0
     pid2 = sup.wait_running(["consumer_01", "consumer_02"])["consumer_02"]
@@ -387,7 +298,7 @@ def test_slow_stop_does_not_block_supervisord(sup: Supervisord) -> None:
     worker = threading.Thread(target=lambda: results.append(sup.rpc().pipeline.scale("consumer", 1)))
     worker.start()
     try:
-        wait_for(lambda: sup.consumers().get("consumer_02", ("",))[0] == "STOPPING", what="consumer_02 STOPPING")
+        sup.wait_stopping("consumer_02")
         started = time.monotonic()
         assert sup.rpc().supervisor.getState()["statename"] == "RUNNING"
         assert time.monotonic() - started < 0.5  # supervisord keeps serving while it waits
@@ -402,7 +313,7 @@ def test_slow_stop_does_not_block_supervisord(sup: Supervisord) -> None:
     sup.wait_running(["consumer_01"])
 
 
-def test_surplus_is_removed_even_if_the_client_hangs_up(sup: Supervisord) -> None:
+def test_surplus_is_removed_even_if_the_client_hangs_up(sup: DummyHost) -> None:
     """The deferred answer is never polled once the client is gone; a tick cleans up."""
     sup.wait_running(["consumer_01"])
     assert sup.ctl("scale", "consumer", "2").returncode == 0
@@ -416,14 +327,14 @@ def test_surplus_is_removed_even_if_the_client_hangs_up(sup: Supervisord) -> Non
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        wait_for(lambda: sup.consumers().get("consumer_02", ("",))[0] == "STOPPING", what="consumer_02 STOPPING")
-    wait_for(lambda: "consumer_02" not in sup.consumers(), timeout=30, what="consumer_02 removed by the tick sweep")
+        sup.wait_stopping("consumer_02")
+    wait_for(lambda: "consumer_02" not in sup.consumers(), 30, "consumer_02 removed by the tick sweep")
     assert sup.terminated(pid2)
     sup.assert_reread_clean()
     assert sup.rpc().pipeline.scale("consumer", 1)["stopped"] == []  # not stuck "in progress"
 
 
-def run_ctl_in_process(sup: Supervisord, *args: str) -> tuple[int, str]:
+def run_ctl_in_process(sup: DummyHost, *args: str) -> tuple[int, str]:
     """supervisorctl in this process, so the partition lookup can be monkeypatched."""
     options = ClientOptions()
     options.realize(["-c", str(sup.conf), *args])
@@ -433,37 +344,24 @@ def run_ctl_in_process(sup: Supervisord, *args: str) -> tuple[int, str]:
     return controller.exitstatus, out.getvalue()
 
 
-def test_warns_when_consumers_exceed_partitions(sup: Supervisord, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scale_is_followed_by_the_group_steps(sup: DummyHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    """supervisorctl runs the steps shared with bin/pipeline scale (pipeline.kafka_admin.after_scale)."""
     sup.wait_running(["consumer_01"])
-    monkeypatch.setattr(scale_ctl, "topic_partition_count", lambda: 2)
+    monkeypatch.setenv("PIPELINE_ENV_FILE", os.devnull)
+    monkeypatch.setenv("KAFKA_TOPIC", "food-orders")
+    released: list[list[str]] = []
+    monkeypatch.setattr(kafka_admin, "topic_partition_count", lambda settings, topic=None: 2)
+    monkeypatch.setattr(kafka_admin, "release_static_members",
+                        lambda settings, lib, names: released.append(names) or [f"removed {n}" for n in names])
     status, out = run_ctl_in_process(sup, "scale", "consumer", "3")
     assert status == 0, out
-    assert "WARNING: 3 consumers but the topic has 2 partitions: 1 consumer(s) will idle" in out
-    assert "bin/pipeline topic partitions 3" in out
+    assert "consumer: warning: 3 consumers but food-orders has 2 partitions: 1 will idle. " \
+           "Add partitions: bin/pipeline topic partitions 3" in out
 
-    status, out = run_ctl_in_process(sup, "scale", "consumer", "2")
-    assert status == 0 and "WARNING" not in out, out
-
-    monkeypatch.setattr(scale_ctl, "topic_partition_count", lambda: None)
-    status, out = run_ctl_in_process(sup, "scale", "consumer", "3")
-    assert status == 0 and "WARNING" not in out, out
-
-
-def test_partition_lookup_failure_means_no_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Broken:
-        @staticmethod
-        def topic_partition_count() -> int:
-            raise RuntimeError("broker down")
-
-    monkeypatch.setitem(sys.modules, "pipeline.kafka_admin", Broken)
-    assert scale_ctl.topic_partition_count() is None
-    monkeypatch.setitem(sys.modules, "pipeline.kafka_admin", None)  # import fails
-    assert scale_ctl.topic_partition_count() is None
-
-
-def test_help_scale(sup: Supervisord) -> None:
-    out = sup.ctl("help", "scale")
-    assert "scale <program> [N]" in out.stdout
+    status, out = run_ctl_in_process(sup, "scale", "consumer", "1")
+    assert status == 0 and "warning" not in out, out
+    assert "consumer: group: removed consumer_03\nconsumer: group: removed consumer_02" in out
+    assert released == [[], ["consumer_03", "consumer_02"]]
 
 
 def test_repository_config_resolves_paths_from_the_checkout(tmp_path: Path) -> None:

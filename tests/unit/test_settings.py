@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from pathlib import Path
 
 import pytest
 
+from pipeline import cli
 from pipeline.errors import SettingsError
-from pipeline.settings import Settings, client_id, parse_settings
+from pipeline.services import ServiceError, ServicesConfig
+from pipeline.settings import REPO, Settings, client_id, parse_host_settings, parse_settings
 
 
 def test_defaults_match_the_contract() -> None:
@@ -70,3 +73,54 @@ def test_static_membership_id_follows_the_supervisor_slot() -> None:
     s = parse_settings({"SUPERVISOR_PROCESS_NAME": "consumer_03"})
     assert s.consumer_instance_id == f"{socket.gethostname()}-consumer_03"
     assert parse_settings({"CONSUMER_INSTANCE_ID": "fixed-1"}).consumer_instance_id == "fixed-1"
+
+
+def test_host_settings_use_the_same_parsers_and_defaults() -> None:
+    host = parse_host_settings({"PIPELINE_PREFIX": "/opt/food-orders", "PIPELINE_STATE_DIR": "./var",
+                                "PIPELINE_KAFKA_MODE": "KRaft"})
+    assert host.kafka_lib == Path("/opt/food-orders/kafka/lib")
+    assert host.state_dir == REPO / "var" and host.supervisord_conf == REPO / "supervisord.conf"
+    assert host.kafka_mode == "kraft"
+    assert (host.kafka_bootstrap_servers, host.database_url) == (Settings().kafka_bootstrap_servers,
+                                                                 Settings().database_url)
+    for name, value in [("PIPELINE_KAFKA_MODE", "docker"), ("PIPELINE_ZOOKEEPER_PORT", "70000"),
+                        ("DATABASE_URL", "mysql://x@y/z"), ("KAFKA_BOOTSTRAP_SERVERS", "localhost")]:
+        with pytest.raises(SettingsError, match=f"^{name}: "):
+            parse_host_settings({name: value})
+
+
+def test_services_config_is_derived_from_the_host_settings() -> None:
+    host = parse_host_settings({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092,other:9092",
+                                "DATABASE_URL": "postgresql://pipe:s%40cret@127.0.0.1:15432/shop"})
+    c = ServicesConfig.from_host(host)
+    assert (c.kafka_port, c.postgres_port, c.db_user, c.db_password, c.db_name) == (
+        19092, 15432, "pipe", "s@cret", "shop")
+    assert c.database_url == "postgresql://pipe:s@cret@127.0.0.1:15432/shop"
+    with pytest.raises(ServiceError, match="database name 'Shop-1' must match"):
+        ServicesConfig.from_host(parse_host_settings({"DATABASE_URL": "postgresql://u@h:1/Shop-1"}))
+
+
+@pytest.fixture
+def broken_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An env file with one bad value, and a host with nothing running (state and supervisord in tmp_path)."""
+    (tmp_path / "supervisord.conf").write_text("[unix_http_server]\nfile = %(here)s/run/supervisor.sock\n")
+    (tmp_path / "env").write_text(f"CONSUMER_BATCH_SIZE=-5\nPIPELINE_STATE_DIR={tmp_path / 'state'}\n"
+                                  f"PIPELINE_SUPERVISORD_CONF={tmp_path / 'supervisord.conf'}\n")
+    monkeypatch.setenv("PIPELINE_ENV_FILE", str(tmp_path / "env"))
+    for name in ("CONSUMER_BATCH_SIZE", "PIPELINE_STATE_DIR", "PIPELINE_SUPERVISORD_CONF", "PIPELINE_HOST_INSTALL"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_down_works_with_a_broken_value_and_names_it(broken_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["down"]) == 0
+    out, err = capsys.readouterr()
+    assert "supervisord: not running" in out and "postgres   not running" in out
+    assert "CONSUMER_BATCH_SIZE: expected 1..100000, got -5" in err
+
+
+def test_commands_that_need_the_broken_value_refuse_it(broken_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status"]) == 2
+    assert capsys.readouterr().err == "error: CONSUMER_BATCH_SIZE: expected 1..100000, got -5\n"
+    assert cli.main(["logs"]) == 1  # needs only where supervisord logs
+    assert capsys.readouterr().err == f"error: no logs under {broken_env / 'var' / 'log'}\n"

@@ -1,0 +1,63 @@
+"""`bin/pipeline logs`: the tails merged by time with the process name, and `-f` following every file."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from pipeline.logtail import follow, merged_tail
+
+
+def write(path: Path, *lines: str) -> None:
+    with open(path, "a") as f:
+        f.writelines(f"{line}\n" for line in lines)
+
+
+def test_tails_are_merged_by_timestamp_with_the_process_name(tmp_path: Path) -> None:
+    write(tmp_path / "producer.log", "2026-11-26 10:00:00.100 a", "2026-11-26 10:00:00.300 c")
+    write(tmp_path / "consumer_01.log", "2026-11-26 10:00:00.000 old", "2026-11-26 10:00:00.200 b")
+    lines = merged_tail([tmp_path / "producer.log", tmp_path / "consumer_01.log"], 2)
+    assert lines == [
+        "consumer_01  | 2026-11-26 10:00:00.000 old",
+        "producer     | 2026-11-26 10:00:00.100 a",
+        "consumer_01  | 2026-11-26 10:00:00.200 b",
+        "producer     | 2026-11-26 10:00:00.300 c",
+    ]
+    assert merged_tail([tmp_path / "producer.log"], 1) == ["producer     | 2026-11-26 10:00:00.300 c"]
+
+
+def test_no_lines_asked_none_shown(tmp_path: Path) -> None:
+    write(tmp_path / "producer.log", "2026-11-26 10:00:00.100 a")
+    assert merged_tail([tmp_path / "producer.log"], 0) == []
+    assert merged_tail([tmp_path / "missing.log"], 5) == []
+
+
+def test_follow_prints_new_complete_lines_of_old_new_and_rotated_files(tmp_path: Path) -> None:
+    producer, consumer = tmp_path / "producer.log", tmp_path / "consumer_02.log"
+    write(producer, "before")  # already there: not repeated
+    files = [producer]
+    out = io.StringIO()
+    steps = iter([
+        lambda: write(producer, "one", "half"),
+        lambda: (files.append(consumer), write(consumer, "new file")),  # a scaled-up process
+        lambda: (os.replace(producer, tmp_path / "producer.log.1"), write(producer, "rotated")),
+        lambda: consumer.write_text("cut\n"),  # truncated in place (copytruncate)
+        lambda: None,
+    ])
+
+    def until() -> bool:
+        step = next(steps, None)
+        if step is None:
+            return True
+        step()
+        return False
+
+    follow(lambda: list(files), out, interval=0, until=until)
+    assert out.getvalue().splitlines() == [
+        "producer     | one",
+        "producer     | half",
+        "consumer_02  | new file",
+        "producer     | rotated",
+        "consumer_02  | cut",
+    ]
