@@ -87,20 +87,30 @@ class DeadLetterQueue:
             ("source_offset", str(letter.offset).encode()),
             ("consumer_client_id", self._client_id.encode()),
         ]
-        value = letter.value
+        key, value = letter.key, letter.value
         if truncate:
-            headers += [("value_truncated", b"1"), ("original_size", str(len(value or b"")).encode())]
+            # Too big for the broker: keep our headers, drop what made it big (the value, and the original
+            # headers and key, which count too), and say so; a letter that can never be sent would block
+            # its partition.
+            dropped = sum(len(v or b"") for _k, v in letter.headers) + sum(len(k) for k, _v in letter.headers)
+            headers = [*headers[len(letter.headers):],
+                       ("value_truncated", b"1"), ("original_size", str(len(value or b"")).encode())]
+            if letter.headers:
+                headers.append(("original_headers_dropped", str(dropped).encode()))
+            if key is not None and len(key) > 1024:
+                headers.append(("original_key_dropped", str(len(key)).encode()))
+                key = None
             value = None
         while True:
             try:
-                self._producer.produce(self._topic, value, letter.key, headers=headers, on_delivery=on_delivery)
+                self._producer.produce(self._topic, value, key, headers=headers, on_delivery=on_delivery)
                 return
             except BufferError:  # local queue full: let deliveries drain first
                 self._producer.poll(0.1)
             except KafkaException as e:
                 err: KafkaError = e.args[0]
                 if err.code() in _TOO_BIG and not truncate:
-                    logger.warning("DLQ letter for {}@{} too big ({} bytes): sending it without its value",
+                    logger.warning("DLQ letter for {}@{} too big ({} bytes): sending it without its value and headers",
                                    letter.partition, letter.offset, len(value or b""))
                     self._produce(letter, failures, truncate=True)
                     return

@@ -19,8 +19,8 @@ Delivery = Callable[[KafkaError | None, Any], None]
 
 
 class FakeProducer:
-    """Delivers at flush(); `fail` is the error every delivery reports, `too_big` the value size above
-    which produce() raises MSG_SIZE_TOO_LARGE like the client."""
+    """Delivers at flush(); `fail` is the error every delivery reports, `too_big` the record size (key,
+    value and headers, as the client counts them) above which produce() raises MSG_SIZE_TOO_LARGE."""
 
     def __init__(self, fail: int | None = None, too_big: int = 1_000_000) -> None:
         self.fail = fail
@@ -30,7 +30,8 @@ class FakeProducer:
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None, *, headers: list[tuple[str, Any]],
                 on_delivery: Delivery) -> None:
-        if len(value or b"") > self.too_big:
+        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers)
+        if size > self.too_big:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         self.queued.append((topic, value, key, headers, on_delivery))
 
@@ -46,8 +47,8 @@ class FakeProducer:
         return 0
 
 
-def letter(value: bytes = b"{}") -> DeadLetter:
-    return DeadLetter(b"CUST-00001", value, [("trace", b"t-1")], "orders", 2, 41, Rejection(SCHEMA, "no items"))
+def letter(value: bytes = b"{}", trace: bytes = b"t-1") -> DeadLetter:
+    return DeadLetter(b"CUST-00001", value, [("trace", trace)], "orders", 2, 41, Rejection(SCHEMA, "no items"))
 
 
 def dlq(producer: FakeProducer) -> DeadLetterQueue:
@@ -68,8 +69,18 @@ def test_an_unconfirmed_letter_is_a_retryable_failure() -> None:
 
 
 def test_a_letter_too_big_for_the_broker_goes_without_its_value() -> None:
-    producer = FakeProducer(too_big=10)
-    dlq(producer).send([letter(b"x" * 50)])
+    producer = FakeProducer(too_big=300)
+    dlq(producer).send([letter(b"x" * 500)])
     ((_, value, key, headers),) = producer.delivered
     assert value is None and key == b"CUST-00001"
-    assert headers[-2:] == [("value_truncated", b"1"), ("original_size", b"50")]
+    assert headers[-3:] == [("value_truncated", b"1"), ("original_size", b"500"), ("original_headers_dropped", b"8")]
+
+
+def test_a_letter_whose_headers_make_it_too_big_is_still_sent() -> None:
+    """Huge original headers with a small value: dropping the value alone would never fit, and a letter
+    that can never be sent would block its partition for good."""
+    producer = FakeProducer(too_big=300)
+    dlq(producer).send([letter(b"{}", trace=b"t" * 1000)])
+    ((_, value, _key, headers),) = producer.delivered
+    assert value is None and ("trace", b"t" * 1000) not in headers
+    assert ("error", b"schema") in headers and ("original_headers_dropped", b"1005") in headers
