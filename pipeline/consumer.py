@@ -81,10 +81,18 @@ class KafkaConsumer:
         return _pairs(self._consumer.assignment())
 
     def pause(self, partitions: list[TP]) -> None:
-        self._consumer.pause([TopicPartition(t, p) for t, p in partitions])
+        self._flow("pause", partitions)
 
     def resume(self, partitions: list[TP]) -> None:
-        self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
+        self._flow("resume", partitions)
+
+    def _flow(self, action: str, partitions: list[TP]) -> None:
+        """pause()/resume() run inside rebalance callbacks too, where an exception would escape consume();
+        a partition that just went away is harmless to skip: the loop pauses or resumes on its next step."""
+        try:
+            getattr(self._consumer, action)([TopicPartition(t, p) for t, p in partitions])
+        except KafkaException as e:
+            logger.warning("{} of {} partition(s) refused: {}", action, len(partitions), e.args[0].str())
 
     def commit_async(self, offsets: dict[TP, int]) -> None:
         try:
