@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException
 
 from pipeline.errors import FatalError
 from pipeline.kafka_admin import admin_client, group_lag, topic_partition_count
+from pipeline.services.process import poll_until
 from pipeline.settings import Settings
 
 
@@ -71,12 +72,8 @@ def supervisord_running(paths: SupervisordPaths) -> bool:
 
 def await_supervisord(paths: SupervisordPaths, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
     """Wait until supervisord answers on its socket (or `alive()` turns false)."""
-    deadline = time.monotonic() + timeout
-    while not supervisord_running(paths):
-        if time.monotonic() > deadline or not alive():
-            raise FatalError(f"supervisord did not answer on {paths.socket} within {timeout:.0f}s; "
-                             f"see {paths.logfile}")
-        time.sleep(0.2)
+    if not poll_until(lambda: supervisord_running(paths), timeout, give_up=lambda: not alive()):
+        raise FatalError(f"supervisord did not answer on {paths.socket} within {timeout:.0f}s; see {paths.logfile}")
 
 
 def stop_supervisord(paths: SupervisordPaths, timeout: float = 120.0) -> bool:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.services.process import ServiceError
+from pipeline.services.process import ServiceError, poll_until
 from pipeline.services.servers import broker_answers
 from pipeline.services.zookeeper import await_broker_released, zookeeper_serving
 
@@ -33,15 +32,8 @@ def _probe(args: argparse.Namespace) -> Callable[[], bool]:
 
 
 def await_ready(args: argparse.Namespace) -> int:
-    probe = _probe(args)
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        try:
-            if probe():
-                return 0
-        except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
-            pass
-        time.sleep(0.2)
+    if poll_until(_probe(args), args.timeout):
+        return 0
     print(f"{args.server}: not ready after {args.timeout:.0f}s", file=sys.stderr)
     return 1
 

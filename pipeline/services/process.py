@@ -99,20 +99,15 @@ class ManagedProcess:
         return proc.pid
 
     def _wait_ready(self, pid: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise ServiceError(
-                    f"{self.name} exited with status {proc.returncode} during start", self.log_tail()
-                )
-            if proc is None and not psutil.pid_exists(pid):
-                raise ServiceError(f"{self.name} (pid {pid}) died during start", self.log_tail())
-            try:
-                if self.ready():
-                    return
-            except Exception:  # noqa: BLE001 - a probe failing just means "not yet"
-                pass
-            time.sleep(0.2)
+        def gone() -> bool:
+            return proc.poll() is not None if proc is not None else not psutil.pid_exists(pid)
+
+        if poll_until(self.ready, timeout, give_up=gone):
+            return
+        if proc is not None and proc.returncode is not None:
+            raise ServiceError(f"{self.name} exited with status {proc.returncode} during start", self.log_tail())
+        if gone():
+            raise ServiceError(f"{self.name} (pid {pid}) died during start", self.log_tail())
         raise ServiceError(f"{self.name} not ready after {timeout:.0f}s (pid {pid})", self.log_tail())
 
     def stop(self, timeout: float) -> bool:
@@ -138,6 +133,21 @@ class ManagedProcess:
             if text:
                 parts.append(f"--- {path} ---\n{text}")
         return "\n".join(parts)
+
+
+def poll_until(ready: Callable[[], bool], timeout: float, give_up: Callable[[], bool] = lambda: False,
+               interval: float = 0.2) -> bool:
+    """Call `ready` until it is true (True) or `timeout` passes or `give_up` turns true (False). A probe
+    that raises means "not yet": a server that is starting refuses connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not give_up():
+        try:
+            if ready():
+                return True
+        except Exception:  # noqa: BLE001 - a probe failing just means "not yet"
+            pass
+        time.sleep(interval)
+    return False
 
 
 def tail(path: Path, lines: int) -> str:
