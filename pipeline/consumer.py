@@ -19,7 +19,8 @@ from pipeline.consumer_loop import ConsumerLoop, LoopPolicy, RebalanceListener
 from pipeline.dlq import DeadLetterQueue
 from pipeline.errors import CommitNotSent, FatalError
 from pipeline.kafka_admin import ensure_topics
-from pipeline.logs import KafkaErrorLog, kafka_logger
+from pipeline.logs import KafkaErrorLog, kafka_logger, process_name
+from pipeline.metrics import ConsumerMetrics, usable_dir
 from pipeline.offsets import TP
 from pipeline.settings import Settings
 from pipeline.store import OrderStore
@@ -160,7 +161,8 @@ def main() -> int:
     store = OrderStore(settings.database_url, client_id)
     kafka = KafkaConsumer(settings, client_id)
     policy = LoopPolicy(settings.consumer_batch_size, settings.consumer_batch_timeout_ms / 1000)
-    loop = ConsumerLoop(kafka, store, DeadLetterQueue(settings, client_id), policy)
+    metrics = ConsumerMetrics(process_name("consumer")) if usable_dir(settings, "consumer") else None
+    loop = ConsumerLoop(kafka, store, DeadLetterQueue(settings, client_id), policy, metrics=metrics)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("{} received: finishing the current batch", signal.Signals(signum).name)

@@ -25,7 +25,7 @@ from loguru import logger
 from pipeline import faults
 from pipeline.batch import Batch, DeadLetter, KafkaRecord, OrderRow, WriteResult, decode_batch
 from pipeline.commits import CommitPolicy, Commits, OffsetCommitter
-from pipeline.errors import FatalError, RetryableError
+from pipeline.errors import DatabaseUnavailable, FatalError, RetryableError
 from pipeline.offsets import TP
 from pipeline.runtime import BACKOFF_MAX, BACKOFF_START
 
@@ -74,6 +74,40 @@ class DeadLetterSink(Protocol):
     def close(self) -> None: ...
 
 
+class LoopMetrics(Protocol):
+    """What the loop reports as it goes (`pipeline.metrics.ConsumerMetrics`): once per batch, never per order."""
+
+    def batch_done(self, batch: Batch, result: WriteResult, letters: Sequence[DeadLetter],
+                   write_seconds: float) -> None: ...
+    def degraded(self, dependency: str | None) -> None:
+        """The dependency that is down now ("postgresql", "kafka"), None once all are back."""
+    def retried(self, dependency: str) -> None: ...
+    def rebalanced(self, kind: str, partitions: int, assigned: int) -> None:
+        """`partitions` were assigned/revoked/lost; `assigned` is how many the loop owns now."""
+
+
+class NoMetrics:
+    """LoopMetrics that records nothing (metrics off, unit tests)."""
+
+    def batch_done(self, batch: Batch, result: WriteResult, letters: Sequence[DeadLetter],
+                   write_seconds: float) -> None:
+        pass
+
+    def degraded(self, dependency: str | None) -> None:
+        pass
+
+    def retried(self, dependency: str) -> None:
+        pass
+
+    def rebalanced(self, kind: str, partitions: int, assigned: int) -> None:
+        pass
+
+
+def dependency_of(error: RetryableError) -> str:
+    """Which dependency a retryable failure is about, as the metrics name it."""
+    return "postgresql" if isinstance(error, DatabaseUnavailable) else "kafka"
+
+
 @dataclass(frozen=True, slots=True)
 class LoopPolicy:
     """Batching and retry timing of the loop."""
@@ -93,7 +127,7 @@ class ConsumerLoop:
 
     def __init__(self, kafka: KafkaSource, store: OrderSink, dlq: DeadLetterSink, policy: LoopPolicy,
                  commit_policy: CommitPolicy = DEFAULT_COMMITS, clock: Callable[[], float] = time.monotonic,
-                 fault: Callable[[str], None] = faults.point) -> None:
+                 fault: Callable[[str], None] = faults.point, metrics: LoopMetrics | None = None) -> None:
         self.kafka = kafka
         self.store = store
         self.dlq = dlq
@@ -101,6 +135,7 @@ class ConsumerLoop:
         self.commits = Commits(kafka, commit_policy, clock)
         self._clock = clock
         self._fault = fault
+        self.metrics: LoopMetrics = metrics or NoMetrics()
         self.stopping = False
         self.degraded = False  # a dependency is down: the assignment is paused
         self.pending: Batch | None = None  # consumed, not yet fully processed
@@ -155,7 +190,9 @@ class ConsumerLoop:
         return decode_batch([r for r in records if (r.topic(), r.partition()) in owned])
 
     def _process(self, batch: Batch) -> None:
+        started = time.perf_counter()
         result = self.store.write(batch.rows)  # 3
+        write_seconds = time.perf_counter() - started
         self._fault("after_db_commit")
         letters = batch.dead_letters(result.rejected)
         self.dlq.send(letters)  # 4
@@ -165,11 +202,14 @@ class ConsumerLoop:
         self.totals["inserted"] += result.inserted
         self.totals["duplicates"] += result.duplicates
         self.totals["dead"] += len(letters)
+        self.metrics.batch_done(batch, result, letters, write_seconds)
 
     # -- degraded mode: a dependency is down ---------------------------------------------------
 
     def _degrade(self, error: RetryableError) -> None:
         assignment = self.kafka.assignment()
+        self.metrics.degraded(dependency_of(error))
+        self.metrics.retried(dependency_of(error))
         if not self.degraded:
             logger.warning("{}; pausing {} partition(s), keeping the batch of {}, retrying with backoff",
                            error, len(assignment), len(self.pending or []))
@@ -189,6 +229,7 @@ class ConsumerLoop:
 
     def _recover(self) -> None:
         self.degraded = False
+        self.metrics.degraded(None)
         assignment = self.kafka.assignment()
         self.kafka.resume(assignment)
         logger.info("dependency back; resumed {} partition(s)", len(assignment))
@@ -203,16 +244,19 @@ class ConsumerLoop:
             self.kafka.pause(partitions)
         elif partitions:
             self.kafka.resume(partitions)
+        self.metrics.rebalanced("assigned", len(partitions), len(self.commits.offsets.owned))
         logger.info("assigned {}", _names(partitions) or "nothing new")
 
     def revoked(self, partitions: list[TP]) -> None:
         gone = set(partitions)
         self.commits.commit_now(gone)  # what we wrote must be committed before the next owner starts
         self._forget(gone)
+        self.metrics.rebalanced("revoked", len(partitions), len(self.commits.offsets.owned))
         logger.info("revoked {}", _names(partitions))
 
     def lost(self, partitions: list[TP]) -> None:
         self._forget(set(partitions))
+        self.metrics.rebalanced("lost", len(partitions), len(self.commits.offsets.owned))
         logger.warning("lost {} (session timed out); the new owner redoes uncommitted work", _names(partitions))
 
     def committed(self, stored: dict[TP, int], refusal: str | None) -> None:

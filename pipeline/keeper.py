@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,6 +104,8 @@ class Keeper:
     def _start_supervisord(self) -> None:
         for d in (self.paths.socket.parent, self.paths.childlogdir):
             d.mkdir(parents=True, exist_ok=True)
+        if self.paths.metrics_dir is not None:  # metrics of programs that are gone: a new start, new counts
+            shutil.rmtree(self.paths.metrics_dir, ignore_errors=True)
         # supervisord writes its own log file; in the foreground it repeats it on stdout.
         proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "-c", str(self.paths.conf)],

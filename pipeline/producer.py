@@ -25,7 +25,8 @@ from loguru import logger
 from pipeline import runtime
 from pipeline.errors import FatalError
 from pipeline.kafka_admin import ensure_topics
-from pipeline.logs import KafkaErrorLog, kafka_logger
+from pipeline.logs import KafkaErrorLog, kafka_logger, process_name
+from pipeline.metrics import ProducerMetrics, usable_dir
 from pipeline.mockdata import OrderGenerator, new_order_id
 from pipeline.settings import Settings
 
@@ -96,8 +97,10 @@ def refusal(e: KafkaException) -> str:
 
 
 class OrderProducer:
-    def __init__(self, settings: Settings, client_id: str, kafka: ProducerClient | None = None) -> None:
+    def __init__(self, settings: Settings, client_id: str, kafka: ProducerClient | None = None,
+                 metrics: ProducerMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.kafka_errors = KafkaErrorLog()
         self.kafka: ProducerClient = kafka if kafka is not None else Producer(
             {**producer_config(settings, client_id), "error_cb": self.kafka_errors}, logger=kafka_logger())
@@ -133,6 +136,7 @@ class OrderProducer:
                 self._produce_one(topic)
             if self.waiting_since is not None and not blocked and not self.backlog:
                 self._flowing()
+            self._report()
             if now - last_log >= LOG_EVERY:
                 self._log_rate((self.produced - last_count) / (now - last_log))
                 last_log, last_count = now, self.produced
@@ -218,6 +222,10 @@ class OrderProducer:
         if since is not None and self.warned_at >= since:
             logger.info("Kafka takes orders again, after {:.1f}s", time.monotonic() - since)
 
+    def _report(self, force: bool = False) -> None:
+        if self.metrics is not None:
+            self.metrics.update(self.produced, self.delivered, self.failed, len(self.kafka), len(self.backlog), force)
+
     def _log_rate(self, rate: float) -> None:
         logger.info("produced {} ({:.0f}/s), delivered {}, failed {}, in flight {}, waiting {}",
                     self.produced, rate, self.delivered, self.failed, len(self.kafka), len(self.backlog))
@@ -238,6 +246,7 @@ class OrderProducer:
         if not self.backlog:
             self._flowing()
         undelivered = len(self.kafka) + len(self.backlog)
+        self._report(force=True)
         logger.info("stopped: produced {}, delivered {}, delivery failures retried {}, undelivered {}",
                     self.produced, self.delivered, self.failed, undelivered)
         return 0 if undelivered == 0 else 1
@@ -252,7 +261,8 @@ def main() -> int:
     if settings is None:
         return 2
     client_id = settings.client_id()
-    producer = OrderProducer(settings, client_id)
+    metrics = ProducerMetrics(process_name("producer")) if usable_dir(settings, "producer") else None
+    producer = OrderProducer(settings, client_id, metrics=metrics)
     signal.signal(signal.SIGTERM, producer.stop)
     signal.signal(signal.SIGINT, producer.stop)
     rate = "as fast as possible" if settings.producer_rate == 0 else f"{settings.producer_rate:g}/s"

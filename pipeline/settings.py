@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -55,6 +56,11 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     kafka_security: tuple[tuple[str, str], ...] = ()
+    metrics_enabled: bool = True
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9478
+    alert_webhook_url: str | None = None
+    alert_webhook_timeout_s: float = 5.0
 
     def client_id(self) -> str:
         """`{prefix}-{hostname}-{pid}`: distinct for every process on a host and across hosts."""
@@ -157,6 +163,11 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         log_level=get("LOG_LEVEL", _choice(_LEVELS, upper=True), d.log_level),
         log_format=get("LOG_FORMAT", _choice(("text", "json")), d.log_format),  # type: ignore[arg-type]
         kafka_security=_security(env),
+        metrics_enabled=get("METRICS_ENABLED", _bool, d.metrics_enabled),
+        metrics_address=get("METRICS_ADDRESS", _address, d.metrics_address),
+        metrics_port=get("METRICS_PORT", _int_range(1, 65535), d.metrics_port),
+        alert_webhook_url=get("ALERT_WEBHOOK_URL", _http_url, d.alert_webhook_url),
+        alert_webhook_timeout_s=get("ALERT_WEBHOOK_TIMEOUT_S", _seconds(0.1, 60.0), d.alert_webhook_timeout_s),
     )
     if settings.kafka_topic == settings.kafka_dlq_topic:
         raise SettingsError("KAFKA_DLQ_TOPIC: must differ from KAFKA_TOPIC")
@@ -205,6 +216,43 @@ def _rate(name: str, raw: str) -> float:
     if not 0 <= value <= 10_000_000 or value != value:
         raise SettingsError(f"{name}: expected 0 (unlimited) or a positive rate, got {raw!r}")
     return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _seconds(lo: float, hi: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise SettingsError(f"{name}: expected {lo:g}..{hi:g} seconds, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _address(name: str, raw: str) -> str:
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected an IP address to listen on (e.g. 127.0.0.1), got {raw!r}") from None
+    return raw
+
+
+def _http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name}: expected an http:// or https:// URL, got {raw!r}")
+    return raw
 
 
 def _choice(options: tuple[str, ...], upper: bool = False) -> Callable[[str, str], str]:

@@ -15,6 +15,7 @@ import psutil
 from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped,unused-ignore]
 
 from pipeline.ops import SupervisordPaths
+from pipeline.services.process import free_port
 from tests.helpers import REPO, PipelineEnv, wait_for
 
 
@@ -101,7 +102,7 @@ class Supervised(Supervisord):
         (root / ".venv").symlink_to(REPO / ".venv")
         conf = root / "supervisord.conf"
         settings = {"PIPELINE_ENV_FILE": os.devnull, "PIPELINE_SUPERVISORD_CONF": str(conf),
-                    "PRODUCER_RATE": "200", "PRODUCER_MAX_ORDERS": "0", **env}
+                    "PRODUCER_RATE": "200", "PRODUCER_MAX_ORDERS": "0", "METRICS_PORT": str(free_port()), **env}
         super().__init__(conf, pipe.env(**settings))
 
     def pipeline(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
