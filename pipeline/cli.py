@@ -1,7 +1,8 @@
 """`bin/pipeline`: one command for operators.
 
   up | down                    everything on this host, in order (services, then supervisord + programs)
-  status [--json]              processes, group members, lag, database totals, DLQ
+  status [--json] [--check]    processes, group members, lag, database totals, DLQ; --check for monitoring
+  top                          a live view (rates, lag, latency, DLQ), refreshed every second
   scale N                      consumer processes (only the difference is started or stopped)
   logs [-f] [NAME]             process logs merged with a name prefix, or one process
   topic partitions N           grow the orders topic (Kafka cannot shrink one)
@@ -15,18 +16,20 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import xmlrpc.client
 from collections.abc import Mapping, Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import ops
+from pipeline import health, ops
 from pipeline.errors import PipelineError, SettingsError
 from pipeline.kafka_admin import after_scale, ensure_topics, grow_partitions
 from pipeline.keeper import keeper_process
@@ -124,12 +127,72 @@ def cmd_down(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    if args.check:
+        return check(args, config)
     snap = ops.snapshot(config.settings, config.supervisord)
     if args.json:
         print(json.dumps(snap, indent=2, default=str))
-        return 0
-    show_status(snap)
-    return 0
+    else:
+        show_status(snap)
+    down = [name for name, up in snap["servers"].items() if not up]
+    if down and not args.json:
+        console.print(f"[red]not answering: {', '.join(down)}[/]")
+    return 1 if down else 0
+
+
+def check(args: argparse.Namespace, config: Config) -> int:
+    """`status --check`: one line and perfdata, monitoring-plugin exit codes."""
+    try:
+        settings, paths = config.settings, config.supervisord
+    except PipelineError as e:
+        print(f"FOOD-ORDERS UNKNOWN - {e}")
+        return health.UNKNOWN
+    snap = ops.snapshot(settings, paths)
+    state = Path(args.state_file) if args.state_file else check_state_file(settings)
+    before = _read_letters(state)
+    if snap["dlq"]["messages"] is not None:
+        _write_letters(state, snap["dlq"]["messages"])
+    limits = health.Thresholds(args.lag_warn, args.lag_crit, args.lag_seconds_warn, args.lag_seconds_crit,
+                               args.dlq_growth_warn, args.dlq_growth_crit)
+    verdict = health.evaluate(snap, limits, before)
+    print(verdict.line())
+    return verdict.code
+
+
+def check_state_file(settings: Settings) -> Path:
+    """Where `--check` keeps the DLQ count of its previous run: per user (the monitoring system's),
+    per cluster and DLQ topic."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "food-orders"
+    key = hashlib.sha256(f"{settings.kafka_bootstrap_servers}/{settings.kafka_dlq_topic}".encode()).hexdigest()[:12]
+    return cache / f"check-{key}.json"
+
+
+def _read_letters(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["dlq_letters"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_letters(path: Path, letters: int) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"dlq_letters": letters}))
+        tmp.replace(path)
+    except OSError:
+        pass  # growth stays unknown next time; the check itself is still right
+
+
+def cmd_top(args: argparse.Namespace, config: Config) -> int:
+    from prometheus_client import generate_latest
+
+    from pipeline import top
+    from pipeline.exporter import build_registry
+
+    paths = config.supervisord
+    registry = build_registry(config.settings, paths.metrics_dir, paths)
+    return top.run(lambda: generate_latest(registry).decode(), args.interval, args.once, console)
 
 
 def show_status(snap: dict[str, Any]) -> None:
@@ -138,7 +201,8 @@ def show_status(snap: dict[str, Any]) -> None:
         procs.add_column(col)
     for p in snap["processes"] or []:
         procs.add_row(p["name"], p["state"], str(p["pid"] or "-"), _duration(p["uptime_s"]))
-    console.print(procs if snap["processes"] is not None else "[yellow]supervisord is not running[/]")
+    console.print(procs if snap["processes"] is not None else "[yellow]processes: unknown (supervisord is not "
+                                                                "running)[/]")
 
     members = snap["group"]["members"]
     topic = snap["topic"]
@@ -152,28 +216,39 @@ def show_status(snap: dict[str, Any]) -> None:
             proc += " [dim]*[/]"
         group.add_row(m["client_id"], m["host"], m["instance_id"] or "-", proc,
                       ", ".join(map(str, m["partitions"])) or "[dim]idle[/]")
-    console.print(group if members is not None else "[yellow]consumer group: Kafka unreachable[/]")
+    console.print(group if members is not None else "[yellow]consumer group: unknown (Kafka unreachable)[/]")
     if any(m["pid"] and not m["client_id"].endswith(f"-{m['pid']}") for m in members or []):
         console.print("[dim]* restarted without a rebalance (static membership): the coordinator still shows "
                       "the client.id of the previous pid until the next rebalance[/]")
 
-    lag = Table(title=f"Lag (total {snap['total_lag'] if snap['total_lag'] is not None else '?'})",
-                title_justify="left")
-    for col in ("partition", "committed", "end", "lag"):
-        lag.add_column(col, justify="right")
-    for r in snap["lag"] or []:
-        lag.add_row(str(r["partition"]), str(r["committed"] if r["committed"] is not None else "-"),
-                    str(r["end"]), str(r["lag"]))
-    console.print(lag)
+    if snap["lag"] is None:
+        console.print("[yellow]lag: unknown (Kafka unreachable or topic missing)[/]")
+    else:
+        age = snap["max_lag_seconds"]
+        lag = Table(title=f"Lag (total {snap['total_lag']}, oldest unconsumed "
+                          f"{'unknown' if age is None else f'{age:.1f}s'})", title_justify="left")
+        for col in ("partition", "committed", "end", "lag", "lag s"):
+            lag.add_column(col, justify="right")
+        for r in snap["lag"]:
+            lag.add_row(str(r["partition"]), str(r["committed"] if r["committed"] is not None else "-"),
+                        str(r["end"]), str(r["lag"]), "?" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f}")
+        console.print(lag)
 
     db = snap["database"]
     if db is None:
-        console.print("[yellow]database: unreachable[/]")
+        console.print("[yellow]database: unknown (PostgreSQL unreachable)[/]")
     else:
+        stats = ("match the rows, customer by customer" if not db["stats_mismatches"] else
+                 f"[red]DO NOT match the rows for {db['stats_mismatches']} customers[/]")
         console.print(f"database: {db['orders']} orders, {db['unique_customers']} customers, average order "
                       f"{db['avg_order_value']:.2f}, duplicate order ids {db['duplicate_order_ids']}, "
-                      f"customer_stats {'match' if db['stats_match_rows'] else '[red]DO NOT match[/]'} the rows")
-    console.print(f"dead-letter queue {snap['dlq']['topic']}: {snap['dlq']['messages'] or 0} messages")
+                      f"customer_stats {stats}")
+    letters = snap["dlq"]["messages"]
+    console.print(f"dead-letter queue {snap['dlq']['topic']}: "
+                  f"{'unknown (Kafka unreachable)' if letters is None else f'{letters} letters present'}")
+    degraded = snap["degraded"]
+    console.print("degraded consumers: " + ("unknown (no metrics directory)" if degraded is None else
+                                            ", ".join(degraded) or "none"))
 
 
 def _duration(seconds: int | None) -> str:
@@ -270,7 +345,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("up", cmd_up, "install what is missing; start the keeper: servers, supervisord, programs, kept running")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for everything to answer")
     add("down", cmd_down, "stop the programs gracefully, supervisord, then the services")
-    add("status", cmd_status, "one view of the host").add_argument("--json", action="store_true")
+    p = add("status", cmd_status, "one view of the host; --check: a monitoring check (exit 0/1/2/3)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true", help="one line + perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, "
+                   "3 UNKNOWN")
+    limits = health.Thresholds()
+    p.add_argument("--lag-warn", type=int, default=limits.lag_warn, metavar="N", help="messages (%(default)s)")
+    p.add_argument("--lag-crit", type=int, default=limits.lag_crit, metavar="N", help="messages (%(default)s)")
+    p.add_argument("--lag-seconds-warn", type=float, default=limits.lag_seconds_warn, metavar="S",
+                   help="age of the oldest unconsumed order (%(default)s)")
+    p.add_argument("--lag-seconds-crit", type=float, default=limits.lag_seconds_crit, metavar="S",
+                   help="(%(default)s)")
+    p.add_argument("--dlq-growth-warn", type=int, default=limits.dlq_growth_warn, metavar="N",
+                   help="new dead letters since the previous check (%(default)s)")
+    p.add_argument("--dlq-growth-crit", type=int, default=limits.dlq_growth_crit, metavar="N", help="(%(default)s)")
+    p.add_argument("--state-file", help="where the previous check's DLQ count is kept "
+                   "(default ~/.cache/food-orders/check-*.json)")
+    p = add("top", cmd_top, "a live view: rates, lag per partition, latency, DLQ, degraded consumers (q quits)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (%(default)s)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
     p = add("scale", cmd_scale, "set the number of consumer processes")
     p.add_argument("count", type=int, nargs="?", help="processes; omit to reconcile with conf.d/consumer.conf")
     p = add("logs", cmd_logs, "process logs, merged with a name prefix")

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 from confluent_kafka import KafkaException
 
 from pipeline.errors import FatalError
-from pipeline.kafka_admin import admin_client, group_lag, topic_partition_count
+from pipeline.kafka_admin import admin_client
+from pipeline.metrics import prune_dead
+from pipeline.observe import DatabaseView, KafkaProbe, KafkaView, concurrently, database_view, kafka_reachable
 from pipeline.services.process import poll_until
 from pipeline.settings import Settings
 
@@ -34,6 +35,7 @@ class SupervisordPaths:
     pidfile: Path
     logfile: Path
     childlogdir: Path
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR in [supervisord] environment
 
     @staticmethod
     def read(conf: Path) -> SupervisordPaths:
@@ -52,7 +54,18 @@ class SupervisordPaths:
             pidfile=path("supervisord", "pidfile", f"{var}/run/supervisord.pid"),
             logfile=path("supervisord", "logfile", f"{var}/log/supervisord.log"),
             childlogdir=path("supervisord", "childlogdir", f"{var}/log"),
+            metrics_dir=_environment_path(parser.get("supervisord", "environment", fallback=""),
+                                          "PROMETHEUS_MULTIPROC_DIR", conf.parent),
         )
+
+
+def _environment_path(environment: str, name: str, here: Path) -> Path | None:
+    """One variable of supervisord's `environment = A="x",B="y"` line, as a path."""
+    for item in environment.split(";")[0].split(","):
+        key, _, value = item.strip().partition("=")
+        if key.strip() == name:
+            return Path(value.strip().strip('"').replace("%(here)s", str(here))).resolve()
+    return None
 
 
 def supervisor_rpc(paths: SupervisordPaths) -> Any:
@@ -104,12 +117,14 @@ def processes(paths: SupervisordPaths) -> list[dict[str, Any]] | None:
     ]
 
 
-def group_members(settings: Settings) -> list[dict[str, Any]] | None:
-    """Members of the consumer group as the group coordinator sees them."""
+def group_members(settings: Settings, timeout: float = 3.0) -> list[dict[str, Any]] | None:
+    """Members of the consumer group as the group coordinator sees them; None when Kafka does not answer."""
+    if not kafka_reachable(settings.kafka_bootstrap_servers, min(1.0, timeout)):
+        return None
     admin = admin_client(settings)
     try:
-        future = admin.describe_consumer_groups([settings.consumer_group_id], request_timeout=10)
-        desc = future[settings.consumer_group_id].result(15)
+        future = admin.describe_consumer_groups([settings.consumer_group_id], request_timeout=timeout)
+        desc = future[settings.consumer_group_id].result(timeout + 0.5)
     except (KafkaException, TimeoutError):
         return None
     return sorted(
@@ -121,33 +136,19 @@ def group_members(settings: Settings) -> list[dict[str, Any]] | None:
     )
 
 
-def lag(settings: Settings) -> list[dict[str, Any]] | None:
-    rows = group_lag(settings)
-    if not rows:
+def degraded_processes(directory: Path | None) -> list[str] | None:
+    """Consumers that report a dependency down (their `food_orders_consumer_degraded` gauge), from the
+    metrics directory; None when there is none to read."""
+    if directory is None or not directory.is_dir():
         return None
-    return [{"partition": r.partition, "committed": r.committed, "end": r.end, "lag": r.lag} for r in rows]
+    from prometheus_client.multiprocess import MultiProcessCollector
 
-
-def dlq_messages(settings: Settings) -> int | None:
-    count = topic_partition_count(settings, settings.kafka_dlq_topic)
-    if count is None:
-        return None
-    return sum(r.end for r in group_lag(settings, settings.kafka_dlq_topic, f"{settings.consumer_group_id}-dlq-probe"))
-
-
-def db_totals(settings: Settings) -> dict[str, Any] | None:
-    try:
-        with psycopg2.connect(settings.database_url, connect_timeout=5) as conn, conn.cursor() as cur:
-            cur.execute("""
-                SELECT count(*), count(DISTINCT customer_id), round(avg(total_amount), 2),
-                       count(*) - count(DISTINCT order_id),
-                       (SELECT coalesce(sum(total_spent), 0) FROM customer_stats) = coalesce(sum(total_amount), 0)
-                FROM orders""")
-            orders, customers, avg, dupes, consistent = cur.fetchone()  # type: ignore[misc]
-    except psycopg2.Error:
-        return None
-    return {"orders": orders, "unique_customers": customers, "avg_order_value": float(avg or 0),
-            "duplicate_order_ids": dupes, "stats_match_rows": consistent}
+    prune_dead(directory)
+    found: set[str] = set()
+    for family in MultiProcessCollector(None, path=str(directory)).collect():  # type: ignore[no-untyped-call]
+        if family.name == "food_orders_consumer_degraded":
+            found.update(f"{s.labels['process']} ({s.labels['dependency']})" for s in family.samples if s.value)
+    return sorted(found)
 
 
 def with_local_processes(members: list[dict[str, Any]] | None,
@@ -167,19 +168,41 @@ def with_local_processes(members: list[dict[str, Any]] | None,
     return members
 
 
-def snapshot(settings: Settings, paths: SupervisordPaths) -> dict[str, Any]:
-    """Everything `bin/pipeline status` shows."""
-    lags = lag(settings)
-    procs = processes(paths)
+PROBE_TIMEOUT = 4.0  # every part of a snapshot answers within this, or is "unknown"
+
+
+def snapshot(settings: Settings, paths: SupervisordPaths, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
+    """Everything `bin/pipeline status` shows, each part asked at once, with a deadline: a part that
+    does not answer is None ("unknown"), and the whole takes at most about `timeout` seconds."""
+    probe = KafkaProbe(settings)
+    answers = concurrently({
+        "processes": lambda: processes(paths),
+        "kafka": lambda: probe.read_once(timeout - 0.5),
+        "members": lambda: group_members(settings, timeout - 1.0),
+        "database": lambda: database_view(settings.database_url, timeout - 1.0),
+        "degraded": lambda: degraded_processes(paths.metrics_dir),
+    }, timeout)
+    procs: list[dict[str, Any]] | None = answers["processes"]
+    view: KafkaView | None = answers["kafka"]
+    db: DatabaseView | None = answers["database"]
+    partitions = view.partitions if view is not None else None
     return {
+        "servers": {"supervisord": procs is not None, "kafka": view is not None, "postgresql": db is not None},
         "processes": procs,
-        "topic": {"name": settings.kafka_topic, "partitions": topic_partition_count(settings)},
+        "topic": {"name": settings.kafka_topic, "partitions": len(partitions) if partitions is not None else None},
         "group": {"id": settings.consumer_group_id,
-                  "members": with_local_processes(group_members(settings), procs)},
-        "lag": lags,
-        "total_lag": sum(r["lag"] for r in lags) if lags else None,
-        "database": db_totals(settings),
-        "dlq": {"topic": settings.kafka_dlq_topic, "messages": dlq_messages(settings)},
+                  "members": with_local_processes(answers["members"], procs)},
+        "lag": None if partitions is None else [
+            {"partition": p.partition, "committed": p.committed, "end": p.end, "lag": p.lag,
+             "lag_seconds": p.lag_seconds} for p in partitions],
+        "total_lag": view.total_lag if view is not None else None,
+        "max_lag_seconds": view.max_lag_seconds if view is not None else None,
+        "database": None if db is None else {
+            "orders": db.orders, "unique_customers": db.unique_customers, "avg_order_value": db.avg_order_value,
+            "duplicate_order_ids": db.duplicate_order_ids, "stats_mismatches": db.stats_mismatches,
+            "stats_match_rows": db.stats_mismatches == 0},
+        "dlq": {"topic": settings.kafka_dlq_topic, "messages": view.dlq_letters if view is not None else None},
+        "degraded": answers["degraded"],
     }
 
 
