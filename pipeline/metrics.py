@@ -102,38 +102,41 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
 class ConsumerMetrics:
     """The consumer loop's `LoopMetrics` (pipeline.consumer_loop), in Prometheus."""
 
-    def __init__(self, process: str, clock: Any = time.time) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+    def __init__(self, process: str, clock: Any = time.time, registry: Any = None) -> None:
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+        r = registry or REGISTRY
         self._clock = clock
         p = {"process": process}
         self.consumed = Counter(f"{PREFIX}_consumer_messages_total",
                                 "Messages taken from the orders topic and processed (batch done)",
-                                ["process"]).labels(**p)
+                                ["process"], registry=r).labels(**p)
         self.inserted = Counter(f"{PREFIX}_orders_inserted_total", "Orders written to PostgreSQL",
-                                ["process"]).labels(**p)
+                                ["process"], registry=r).labels(**p)
         self.redelivered = Counter(f"{PREFIX}_orders_redelivered_total",
                                    "Orders already stored with the same content (harmless redeliveries)",
-                                   ["process"]).labels(**p)
+                                   ["process"], registry=r).labels(**p)
         self._dead = Counter(f"{PREFIX}_dead_letters_total", "Messages sent to the dead-letter topic, by error code",
-                             ["process", "error"])
+                             ["process", "error"], registry=r)
         self._process = process
         self.batch_size = Histogram(f"{PREFIX}_batch_messages", "Messages per consumer batch",
-                                    buckets=BATCH_BUCKETS)
+                                    buckets=BATCH_BUCKETS, registry=r)
         self.write_seconds = Histogram(f"{PREFIX}_write_duration_seconds",
-                                       "Duration of one batch's PostgreSQL transaction", buckets=WRITE_BUCKETS)
+                                       "Duration of one batch's PostgreSQL transaction", buckets=WRITE_BUCKETS,
+                                       registry=r)
         self.latency = Histogram(f"{PREFIX}_end_to_end_latency_seconds",
                                  "Order created_at to its batch being done (written, dead-lettered, commit sent)",
-                                 buckets=LATENCY_BUCKETS)
+                                 buckets=LATENCY_BUCKETS, registry=r)
         self._degraded = Gauge(f"{PREFIX}_consumer_degraded",
                                "1 while a dependency is down and the consumer's partitions are paused",
-                               ["process", "dependency"], multiprocess_mode="livemax")
+                               ["process", "dependency"], multiprocess_mode="livemax", registry=r)
         self._retries = Counter(f"{PREFIX}_dependency_retries_total",
-                                "Retries of a batch because a dependency was unavailable", ["process", "dependency"])
+                                "Retries of a batch because a dependency was unavailable", ["process", "dependency"],
+                                registry=r)
         self._rebalances = Counter(f"{PREFIX}_rebalance_events_total",
-                                   "Partitions assigned, revoked or lost, as events", ["process", "kind"])
+                                   "Partitions assigned, revoked or lost, as events", ["process", "kind"], registry=r)
         self.assigned = Gauge(f"{PREFIX}_assigned_partitions", "Partitions this consumer owns",
-                              ["process"], multiprocess_mode="livemax").labels(**p)
+                              ["process"], multiprocess_mode="livemax", registry=r).labels(**p)
         self._current: str | None = None
         for dependency in DEPENDENCIES:
             self._degraded.labels(process, dependency).set(0)
@@ -185,22 +188,23 @@ class ProducerMetrics:
 
     EVERY = 1.0
 
-    def __init__(self, process: str) -> None:
-        from prometheus_client import Counter, Gauge
+    def __init__(self, process: str, registry: Any = None) -> None:
+        from prometheus_client import REGISTRY, Counter, Gauge
 
+        r = registry or REGISTRY
         p = {"process": process}
         self.generated = Counter(f"{PREFIX}_producer_orders_generated_total", "Orders generated",
-                                 ["process"]).labels(**p)
+                                 ["process"], registry=r).labels(**p)
         self.delivered = Counter(f"{PREFIX}_producer_orders_delivered_total",
-                                 "Orders the broker confirmed", ["process"]).labels(**p)
+                                 "Orders the broker confirmed", ["process"], registry=r).labels(**p)
         self.failed = Counter(f"{PREFIX}_producer_delivery_failures_total",
                               "Delivery reports with an error (each order is produced again)",
-                              ["process"]).labels(**p)
+                              ["process"], registry=r).labels(**p)
         self.in_flight = Gauge(f"{PREFIX}_producer_in_flight_orders", "Orders handed to the client, not confirmed",
-                               ["process"], multiprocess_mode="livemax").labels(**p)
+                               ["process"], multiprocess_mode="livemax", registry=r).labels(**p)
         self.waiting = Gauge(f"{PREFIX}_producer_waiting_orders",
                              "Orders kept locally because Kafka does not take them now",
-                             ["process"], multiprocess_mode="livemax").labels(**p)
+                             ["process"], multiprocess_mode="livemax", registry=r).labels(**p)
         self._seen = (0, 0, 0)
         self._last = 0.0
 
@@ -225,11 +229,12 @@ class ProducerMetrics:
 class RestartCounter:
     """Restarts of supervisord's programs, counted by the alerts listener from its events."""
 
-    def __init__(self) -> None:
-        from prometheus_client import Counter
+    def __init__(self, registry: Any = None) -> None:
+        from prometheus_client import REGISTRY, Counter
 
+        r = registry or REGISTRY
         self._restarts = Counter(f"{PREFIX}_process_restarts_total",
-                                 "Times supervisord started a program again after it exited", ["program"])
+                                 "Times supervisord started a program again after it exited", ["program"], registry=r)
 
     def __call__(self, program: str) -> None:
         self._restarts.labels(program).inc()

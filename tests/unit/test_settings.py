@@ -44,6 +44,11 @@ def test_values_are_parsed_and_typed() -> None:
     ("DATABASE_URL", "mysql://x@y/z"),
     ("KAFKA_SECURITY_PROTOCOL", "TLS"),
     ("CONSUMER_SESSION_TIMEOUT_MS", "100"),
+    ("METRICS_ENABLED", "maybe"),
+    ("METRICS_PORT", "99999"),
+    ("METRICS_ADDRESS", "localhost:9"),
+    ("ALERT_WEBHOOK_URL", "ftp://x/y"),
+    ("ALERT_WEBHOOK_TIMEOUT_S", "0"),
 ])
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"^{name}: "):
@@ -124,3 +129,13 @@ def test_commands_that_need_the_broken_value_refuse_it(broken_env: Path, capsys:
     assert capsys.readouterr().err == "error: CONSUMER_BATCH_SIZE: expected 1..100000, got -5\n"
     assert cli.main(["logs"]) == 1  # needs only where supervisord logs
     assert capsys.readouterr().err == f"error: no logs under {broken_env / 'var' / 'log'}\n"
+
+
+def test_metrics_and_alert_settings() -> None:
+    s = parse_settings({"METRICS_ENABLED": "off", "METRICS_ADDRESS": "0.0.0.0", "METRICS_PORT": "9100",
+                        "ALERT_WEBHOOK_URL": "https://hooks.example/x", "ALERT_WEBHOOK_TIMEOUT_S": "2.5"})
+    assert (s.metrics_enabled, s.metrics_address, s.metrics_port) == (False, "0.0.0.0", 9100)
+    assert (s.alert_webhook_url, s.alert_webhook_timeout_s) == ("https://hooks.example/x", 2.5)
+    d = parse_settings({})
+    assert (d.metrics_enabled, d.metrics_address, d.metrics_port, d.alert_webhook_url) == (True, "127.0.0.1", 9478,
+                                                                                           None)
