@@ -33,6 +33,7 @@ TARGETS = {
     "pipeline_best_vs_ceiling": 0.6,
     "pipeline_best_vs_baseline": 20.0,
     "producer_vs_raw_produce": 0.5,
+    "metrics_on_vs_off": 0.97,
 }
 P99_TARGET_MS = 100.0
 DISTURBED_PCT = 15.0  # a phase during which other processes used more of the machine than this is flagged
@@ -106,6 +107,7 @@ def ratios(p: dict[str, Any]) -> dict[str, Any]:
         "pipeline_best_vs_baseline": best["rate"] / p["baseline"]["rate"],
         "producer_vs_raw_produce": p["producer"]["rate"] / p["ceiling_produce"]["rate"],
         "latency_p99_ms": p["latency"]["p99_ms"],
+        "metrics_on_vs_off": p["metrics_cost"]["ratio_median"],
     }
     checks = {k: values[k] >= t for k, t in TARGETS.items()}
     checks["latency_p99_ms"] = values["latency_p99_ms"] <= P99_TARGET_MS
@@ -165,6 +167,7 @@ def ratios_table(r: dict[str, Any]) -> Table:
         "pipeline_best_vs_baseline": "pipeline (best) / baseline",
         "producer_vs_raw_produce": "producer / raw produce",
         "latency_p99_ms": "latency p99 (ms) at the steady rate",
+        "metrics_on_vs_off": "1 consumer, metrics on / off (median of pairs)",
     }
     for key, label in names.items():
         target = r["targets"].get(key)
@@ -208,6 +211,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             *[(f"pipeline_{n}", lambda n=n: phases.pipeline_consumers(bench, n))
               for n in sizes.consumers],
             ("latency", lambda: phases.latency(bench)),
+            ("metrics_cost", lambda: phases.metrics_cost(bench, 1 if args.smoke else 3)),
         ]
         with progress:
             for name, step in steps:

@@ -64,6 +64,8 @@ class BenchInfra:
             "PRODUCER_MAX_ORDERS": "0", "PRODUCER_SEED": "", "CONSUMER_BATCH_SIZE": "",
             "CONSUMER_BATCH_TIMEOUT_MS": "", "CONSUMER_SESSION_TIMEOUT_MS": "", "CONSUMER_INSTANCE_ID": "",
             "LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1",
+            # Metrics on, as supervisord runs the programs (one directory for the whole run).
+            "METRICS_ENABLED": "true", "PROMETHEUS_MULTIPROC_DIR": str(self.root / "metrics"),
         })
         env.update(values)
         return env

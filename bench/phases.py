@@ -168,6 +168,28 @@ def pipeline_consumers(b: Bench, processes: int) -> Result:
     return result
 
 
+def metrics_cost(b: Bench, pairs: int = 3) -> Result:
+    """1 consumer with metrics on, then off, `pairs` times in turn (alternating spreads the machine's
+    drift over both), each draining the whole topic into a fresh database."""
+    on, off = [], []
+    for i in range(pairs):
+        for enabled, runs in (("true", on), ("false", off)):
+            label = f"metrics-{'on' if enabled == 'true' else 'off'}-{i + 1}"
+            env = {**dict(b.sizes.consumer_env), "METRICS_ENABLED": enabled,
+                   "PROMETHEUS_MULTIPROC_DIR": str(b.infra.root / label)}
+            runs.append(_drain(b, label, b.sizes.consumer_module, 1, b.sizes.orders, env, b.sizes.phase_timeout))
+    ratios = sorted(a["rate"] / o["rate"] for a, o in zip(on, off, strict=True))
+    consumer_cpu = [sum(v for k, v in r["cpu_s"].items() if k.startswith("consumer_")) for r in (*on, *off)]
+    return {"pairs": pairs, "rate_on": [r["rate"] for r in on], "rate_off": [r["rate"] for r in off],
+            "ratio_median": round(ratios[len(ratios) // 2], 3), "ratio_min": round(ratios[0], 3),
+            "ratio_max": round(ratios[-1], 3),
+            "consumer_cpu_s_on": [round(c, 2) for c in consumer_cpu[:pairs]],
+            "consumer_cpu_s_off": [round(c, 2) for c in consumer_cpu[pairs:]],
+            "cpu_s": on[-1]["cpu_s"],
+            "method": "1 consumer, metrics on (PROMETHEUS_MULTIPROC_DIR) then off (METRICS_ENABLED=false), "
+                      "alternating; ratio = rate on / rate off of each pair"}
+
+
 # -- latency -------------------------------------------------------------------------------------
 
 _LATENCY_SQL = """
