@@ -61,9 +61,14 @@ def programs(host: SystemdSandbox) -> dict[str, tuple[str, int]]:
     return result
 
 
+AUXILIARY = ("metrics", "alerts")  # programs beside the producer and the consumers
+
+
 def all_running(host: SystemdSandbox, count: int) -> bool:
+    """`count` producer and consumer processes RUNNING (and the auxiliary programs too)."""
     procs = programs(host)
-    return len(procs) == count and all(state == "RUNNING" for state, _ in procs.values())
+    pipeline = [state for name, (state, _) in procs.items() if name not in AUXILIARY]
+    return len(pipeline) == count and all(state == "RUNNING" for state, _ in procs.values())
 
 
 def assert_nothing_installed(host: SystemdSandbox) -> None:
@@ -109,6 +114,14 @@ def test_install_from_the_checkout_offline_and_orders_flow(host: SystemdSandbox)
     sh(host, "sed -i 's/^PRODUCER_RATE=.*/PRODUCER_RATE=300/' /etc/food-orders/food-orders.env && "
              "systemctl restart food-orders.service")
     wait_for(lambda: orders(host) > 300, 60, "orders in PostgreSQL")
+    # Observable as installed: the metrics endpoint on loopback and the monitoring check, as an operator.
+    wait_for(lambda: programs(host).get("metrics", ("",))[0] == "RUNNING", 30, "the metrics program RUNNING")
+    scrape = sh(host, "python3 -c 'import urllib.request as u; "
+                      "print(u.urlopen(\"http://127.0.0.1:9478/metrics\", timeout=10).read().decode())'")
+    assert 'food_orders_orders_inserted_total{process="consumer_01"}' in scrape
+    assert 'food_orders_server_up{server="kafka"} 1.0' in scrape
+    check = host.run("bash", "-lc", "food-orders status --check", check=False, cwd="/")
+    assert check.returncode in (0, 1) and check.stdout.startswith("FOOD-ORDERS "), check.stdout
 
 
 def test_kill_9_of_each_server_and_supervisord_is_repaired_and_nothing_is_lost(host: SystemdSandbox) -> None:

@@ -180,3 +180,29 @@ def test_top_shows_the_host_and_quits_on_q(tmp_path: Path, pipe: PipelineEnv) ->
         assert max(len(line) for line in text.splitlines()) <= 80, max(text.splitlines(), key=len)
     finally:
         host.stop()
+
+
+def test_bad_metrics_setup_is_one_line_and_never_stops_the_pipeline(tmp_path: Path, pipe: PipelineEnv) -> None:
+    import socket
+
+    from tests.helpers import running, stop
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    consumer = pipe.start("consumer", "consumer", PROMETHEUS_MULTIPROC_DIR=str(blocker / "metrics"))
+    with running(consumer):
+        pipe.produce(20)
+        wait_for(lambda: pipe.row_count() == 20, 60, "orders stored with metrics off")
+        assert stop(consumer) == 0
+    assert f"metrics off for consumer: cannot write to {blocker / 'metrics'}" in pipe.log("consumer")
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    out = subprocess.run([sys.executable, "-m", "pipeline.exporter"], cwd=REPO, capture_output=True, text=True,
+                         env=pipe.env(METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "m")),
+                         timeout=60)
+    taken.close()
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use); set METRICS_PORT" in out.stderr, out.stderr
