@@ -171,7 +171,8 @@ def pipeline_consumers(b: Bench, processes: int) -> Result:
 def metrics_cost(b: Bench, pairs: int = 3) -> Result:
     """1 consumer with metrics on, then off, `pairs` times in turn (alternating spreads the machine's
     drift over both), each draining the whole topic into a fresh database."""
-    on, off = [], []
+    on: list[Result] = []
+    off: list[Result] = []
     for i in range(pairs):
         for enabled, runs in (("true", on), ("false", off)):
             label = f"metrics-{'on' if enabled == 'true' else 'off'}-{i + 1}"

@@ -1,0 +1,83 @@
+"""The alerts listener's protocol loop and rules, fed bytes as supervisord writes them."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from loguru import logger
+
+from pipeline.alerts import Listener, Malformed, Rules, parse_header
+
+
+def event(name: str, payload: str) -> bytes:
+    body = payload.encode()
+    return f"ver:3.0 server:supervisor serial:7 pool:alerts poolserial:7 eventname:{name} len:{len(body)}\n".encode() \
+        + body
+
+
+@pytest.fixture
+def log() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m).strip()), level="DEBUG", format="{level} {message}")
+    yield lines
+    logger.remove(sink)
+
+
+class Posted:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, object]] = []
+
+    def send(self, body: dict[str, object]) -> None:
+        self.bodies.append(body)
+
+
+def rules(restarts: list[str]) -> Rules:
+    return Rules(host="h1", on_restart=restarts.append, clock=lambda: datetime(2026, 11, 26, tzinfo=UTC))
+
+
+def test_exits_nobody_asked_for_and_fatal_programs_alert_and_restarts_are_counted(log: list[str]) -> None:
+    restarts: list[str] = []
+    stdin = io.BytesIO(
+        event("PROCESS_STATE_EXITED", "processname:consumer_02 groupname:consumer from_state:RUNNING expected:0 "
+                                      "pid:4242")
+        + event("PROCESS_STATE_STARTING", "processname:consumer_02 groupname:consumer from_state:BACKOFF tries:1")
+        + event("PROCESS_STATE_EXITED", "processname:producer groupname:producer from_state:RUNNING expected:1 pid:7")
+        + event("PROCESS_STATE_STARTING", "processname:producer groupname:producer from_state:STOPPED tries:0")
+        + event("PROCESS_STATE_FATAL", "processname:producer groupname:producer from_state:BACKOFF"))
+    stdout = io.BytesIO()
+    posted = Posted()
+    Listener(rules(restarts), posted, stdin, stdout).run()  # type: ignore[arg-type]
+    assert stdout.getvalue() == b"READY\nRESULT 2\nOK" * 5 + b"READY\n"
+    assert restarts == ["consumer:consumer_02"]
+    alerts = [line for line in log if "ALERT" in line]
+    assert alerts == [
+        "WARNING ALERT consumer:consumer_02 exited unexpectedly (pid 4242, was RUNNING); supervisord restarts it",
+        "ERROR ALERT producer is FATAL: it kept exiting while starting and supervisord gave up; see its log, then "
+        "supervisorctl start producer"]
+    assert posted.bodies[0] == {
+        "event": "PROCESS_STATE_EXITED", "program": "consumer:consumer_02", "process": "consumer_02",
+        "group": "consumer", "from_state": "RUNNING", "pid": 4242, "expected": False, "host": "h1",
+        "time": "2026-11-26T00:00:00+00:00", "text": alerts[0].removeprefix("WARNING ALERT ")}
+    assert posted.bodies[1]["event"] == "PROCESS_STATE_FATAL" and posted.bodies[1]["pid"] is None
+
+
+def test_malformed_input_is_one_line_and_an_ok_answer(log: list[str]) -> None:
+    stdin = io.BytesIO(b"garbage without colons\n"
+                       + event("PROCESS_STATE_EXITED", "processname:x groupname:x")  # no from_state
+                       + b"ver:3.0 eventname:PROCESS_STATE_FATAL len:nope\n"
+                       + event("PROCESS_STATE_FATAL", "processname:x groupname:x from_state:BACKOFF"))
+    stdout = io.BytesIO()
+    Listener(rules([]), None, stdin, stdout).run()  # type: ignore[arg-type]
+    assert stdout.getvalue() == b"READY\nRESULT 2\nOK" * 4 + b"READY\n"
+    ignored = [line for line in log if "ignored malformed event" in line]
+    assert len(ignored) == 3
+    assert any("ALERT x is FATAL" in line for line in log), "the listener goes on after bad input"
+
+
+def test_header_parsing() -> None:
+    assert parse_header(b"ver:3.0 eventname:PROCESS_STATE_FATAL len:12\n") == ("PROCESS_STATE_FATAL", 12)
+    with pytest.raises(Malformed):
+        parse_header(b"ver:3.0 len:12\n")
