@@ -119,8 +119,26 @@ def test_metrics_match_the_topic_and_the_database(tmp_path: Path, pipe: Pipeline
         assert total(s, "food_orders_orders_inserted_total") == pipe.row_count() == rows + 70
         code, line, _ = check(host, state)
         assert code == 1 and line.startswith("FOOD-ORDERS WARNING - not running: producer STOPPED"), line
+
+        # A consumer killed: supervisord restarts it, the alerts listener counts the restart.
+        killed = host.pids()["consumer_01"]
+        os.kill(killed, 9)
+        host.ctl("start", "producer", check=True)
+        s = wait_for(lambda: (m := scrape(host)) and pick(m, "food_orders_process_restarts_total")
+                     and pick(m, "food_orders_producer_in_flight_orders") and m, 30, "the restart counted")
+        assert pick(s, "food_orders_process_restarts_total") == {(("program", "consumer:consumer_01"),): 1.0}
+        # By now every metric has a series: the dashboard uses only metrics the endpoint exports.
+        missing = dashboard_metrics() - {name for name, _ in s}
+        assert not missing, f"deploy/grafana/food-orders.json names metrics the endpoint does not export: {missing}"
     finally:
         host.stop()
+
+
+def dashboard_metrics() -> set[str]:
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "food-orders.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 20
+    return {name for expr in exprs for name in re.findall(r"\bfood_orders_[a-z0-9_]+", expr)}
 
 
 def test_check_with_everything_down_answers_within_5_seconds(tmp_path: Path, pipe: PipelineEnv) -> None:
