@@ -2,7 +2,8 @@
 
 Every line carries the pid and the process name (supervisord's `consumer_03`, or the program name).
 `LOG_FORMAT=json` writes one JSON object per line; fields bound with `logger.bind(...)` or passed as
-keyword arguments (e.g. `order_id`) become keys of that object.
+keyword arguments (e.g. `order_id`) become keys of that object, and an exception becomes an
+`exception` object (type, message, frames, the formatted traceback as text), still on one line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import os
 import sys
 import time
+import traceback
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -49,9 +52,21 @@ def _json_sink(message: Message) -> None:
     }
     entry.update((k, v) for k, v in record["extra"].items() if k != "process_name")
     if record["exception"] is not None:
-        entry["exception"] = repr(record["exception"].value)
-    sys.stderr.write(json.dumps(entry, default=str) + "\n")
+        entry["exception"] = exception_fields(record["exception"].type, record["exception"].value,
+                                              record["exception"].traceback)
+    sys.stderr.write(json.dumps(entry, default=str) + "\n")  # one line: json.dumps escapes the newlines
     sys.stderr.flush()
+
+
+def exception_fields(kind: type[BaseException] | None, value: BaseException | None,
+                     tb: TracebackType | None) -> dict[str, Any]:
+    """An exception as JSON: its type, message, frames (innermost last) and the formatted traceback."""
+    return {
+        "type": kind.__name__ if kind is not None else None,
+        "message": str(value),
+        "frames": [{"file": f.filename, "line": f.lineno, "function": f.name} for f in traceback.extract_tb(tb)],
+        "text": "".join(traceback.format_exception(kind, value, tb)).rstrip("\n"),
+    }
 
 
 class _ToLoguru(logging.Handler):

@@ -31,3 +31,23 @@ def test_text_lines_name_the_process_and_pid(capsys: pytest.CaptureFixture[str],
     setup_logging("producer", "INFO", "text")
     logger.info("produced 10")
     assert f"[producer:{os.getpid()}] produced 10" in capsys.readouterr().err
+
+
+def test_json_exceptions_carry_the_whole_traceback_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("consumer", "INFO", "json")
+
+    def inner() -> None:
+        raise ValueError("bad\nvalue")
+
+    try:
+        inner()
+    except ValueError:
+        logger.exception("batch failed")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    exc = json.loads(lines[0])["exception"]
+    assert exc["type"] == "ValueError" and exc["message"] == "bad\nvalue"
+    assert [f["function"] for f in exc["frames"]][-1] == "inner"
+    assert exc["frames"][-1]["file"].endswith("test_logs.py") and exc["frames"][-1]["line"] > 0
+    assert exc["text"].startswith("Traceback (most recent call last):")
+    assert exc["text"].endswith("ValueError: bad\nvalue")

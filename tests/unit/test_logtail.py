@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from pipeline.logtail import follow, merged_tail
@@ -61,3 +63,25 @@ def test_follow_prints_new_complete_lines_of_old_new_and_rotated_files(tmp_path:
         "producer     | rotated",
         "consumer_02  | cut",
     ]
+
+
+def test_json_and_text_lines_merge_by_the_parsed_time_and_continuations_stay_put(tmp_path: Path) -> None:
+    local = datetime(2026, 11, 26, 10, 0, 0, 200_000).astimezone()  # what a text line's local time means
+    utc = local.astimezone(UTC)
+    write(tmp_path / "consumer_01.log",
+          json.dumps({"ts": (utc + timedelta(milliseconds=-150)).isoformat(), "msg": "j1"}),
+          json.dumps({"ts": (utc + timedelta(milliseconds=100)).astimezone(timezone(timedelta(hours=5))).isoformat(),
+                      "msg": "j3"}))
+    write(tmp_path / "producer.log",
+          local.strftime("%Y-%m-%d %H:%M:%S.%f")[:23] + " t2 failed",
+          "Traceback (most recent call last):",
+          "ValueError: x",
+          (local + timedelta(milliseconds=300)).strftime("%Y-%m-%d %H:%M:%S.%f")[:23] + " t4")
+    lines = merged_tail([tmp_path / "producer.log", tmp_path / "consumer_01.log"], 10)
+
+    def what(line: str) -> str:
+        text = line.split(" | ", 1)[1]
+        return str(json.loads(text)["msg"]) if text.startswith("{") else text.split()[-1]
+
+    assert [what(line) for line in lines] == ["j1", "failed", "last):", "x", "j3", "t4"]
+    assert lines[2] == "producer     | Traceback (most recent call last):"
