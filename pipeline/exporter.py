@@ -24,7 +24,7 @@ from typing import Any
 from loguru import logger
 
 from pipeline import runtime
-from pipeline.metrics import MULTIPROC_ENV, PREFIX, metrics_dir, prune_dead
+from pipeline.metrics import MULTIPROC_ENV, PREFIX, merged, metrics_dir
 from pipeline.observe import KafkaProbe, KafkaView, concurrently, database_up
 from pipeline.ops import SupervisordPaths, processes
 from pipeline.settings import Settings, environment, parse_host_settings
@@ -33,17 +33,13 @@ SCRAPE_BUDGET = 4.0  # seconds for the live probes of one scrape (Prometheus' de
 
 
 class LiveFiles:
-    """prometheus-client's MultiProcessCollector over the directory, dead processes' gauges pruned first."""
+    """Every process's metrics files merged, without the live gauges of processes that are gone."""
 
     def __init__(self, directory: Path) -> None:
-        from prometheus_client.multiprocess import MultiProcessCollector
-
         self.directory = directory
-        self._merged = MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
 
     def collect(self) -> Any:
-        prune_dead(self.directory)
-        return self._merged.collect()  # type: ignore[no-untyped-call]
+        return merged(self.directory)
 
 
 class HostCollector:

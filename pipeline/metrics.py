@@ -8,8 +8,8 @@ metric is made, so nothing here imports it before `observer_for` has checked the
 Names follow Prometheus' conventions (base units, `_total` for counters, `_seconds`); every series a
 process writes carries `process` (supervisord's name: `consumer_03`, `producer`), so a rate per
 process and a sum per host are both one query. Counters of a process that died stay in the sum (a
-counter must not go down); its gauges disappear at the next scrape (`pipeline.exporter` removes the
-live-gauge files of dead pids).
+counter must not go down); its gauges disappear at the next scrape (`live_files` leaves out, and
+removes, the live-gauge files of dead pids).
 
 Metrics are cheap on the hot path: a consumer updates them once per batch, never per order (the
 latency histogram takes a whole batch's values in one call, `observe_many`).
@@ -18,6 +18,7 @@ latency histogram takes a whole batch's values in one call, `observe_many`).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import glob
 import os
 import time
@@ -68,18 +69,25 @@ def usable_dir(settings: Settings, program: str) -> bool:
     return True
 
 
-def prune_dead(directory: Path) -> list[int]:
-    """Remove the live-gauge files of processes that no longer run; returns their pids."""
-    from prometheus_client.multiprocess import mark_process_dead
+def live_files(directory: Path) -> list[str]:
+    """The files to merge: all but the live gauges of processes that no longer run. Those are removed
+    too, when this process may (the metrics program may; an operator reading the directory may not)."""
+    files = []
+    for path in sorted(glob.glob(str(directory / "*.db"))):
+        kind, _, pid = Path(path).stem.rpartition("_")
+        if kind.startswith("gauge_live") and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            continue
+        files.append(path)
+    return files
 
-    dead: set[int] = set()
-    for path in glob.glob(str(directory / "gauge_live*_*.db")):
-        pid = Path(path).stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            dead.add(int(pid))
-    for gone in dead:
-        mark_process_dead(gone, str(directory))  # type: ignore[no-untyped-call]
-    return sorted(dead)
+
+def merged(directory: Path) -> Any:
+    """The metric families of every process writing to `directory`, as one scrape would show them."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    return MultiProcessCollector.merge(live_files(directory), accumulate=True)  # type: ignore[no-untyped-call]
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:

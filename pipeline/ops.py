@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException
 
 from pipeline.errors import FatalError
 from pipeline.kafka_admin import admin_client
-from pipeline.metrics import prune_dead
+from pipeline.metrics import merged
 from pipeline.observe import DatabaseView, KafkaProbe, KafkaView, concurrently, database_view, kafka_reachable
 from pipeline.services.process import poll_until
 from pipeline.settings import Settings
@@ -141,11 +141,8 @@ def degraded_processes(directory: Path | None) -> list[str] | None:
     metrics directory; None when there is none to read."""
     if directory is None or not directory.is_dir():
         return None
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    prune_dead(directory)
     found: set[str] = set()
-    for family in MultiProcessCollector(None, path=str(directory)).collect():  # type: ignore[no-untyped-call]
+    for family in merged(directory):
         if family.name == "food_orders_consumer_degraded":
             found.update(f"{s.labels['process']} ({s.labels['dependency']})" for s in family.samples if s.value)
     return sorted(found)

@@ -139,9 +139,14 @@ def test_kill_9_of_each_server_and_supervisord_is_repaired_and_nothing_is_lost(h
         wait_for(lambda b=before: orders(host) > b + 100, 90, f"orders flowing again after kill -9 of {unit}")
     for program in ("consumer:consumer_01", "producer"):
         _, pid = programs(host)[program]
+        position = cursor(host)
         host.run("kill", "-KILL", str(pid))
         wait_for(lambda p=program, k=pid: programs(host)[p][0] == "RUNNING" and programs(host)[p][1] != k,
                  30, f"supervisord to restart {program}")
+        # The alerts listener said so, in the journal of food-orders.service under its own name.
+        wait_for(lambda p=program, k=pid, c=position: re.search(
+            rf"alerts .*ALERT {p} exited unexpectedly \(pid {k}, was RUNNING\)", journal_after(host, c)),
+            30, f"the alert for {program} in the journal")
     print("repair seconds:", {u: round(s, 1) for u, s in repair.items()})
     assert all(seconds < REPAIR_TARGET_S for seconds in repair.values()), repair
     sh(host, "supervisorctl stop producer")
@@ -205,6 +210,16 @@ def test_an_operator_scales_from_any_directory_and_the_count_survives_a_restart(
     assert "RUNNING" in sh(host, "supervisorctl status producer", user="alice")
     denied = host.run("bash", "-lc", "supervisorctl status", user="bob", check=False, cwd="/")
     assert denied.returncode != 0 and "RUNNING" not in denied.stdout
+    # An operator reads the metrics directory (it may not clean it): a killed process is left out.
+    killed = programs(host)["consumer:consumer_02"][1]
+    host.run("kill", "-KILL", str(killed))
+    wait_for(lambda: programs(host)["consumer:consumer_02"][0] == "RUNNING"
+             and programs(host)["consumer:consumer_02"][1] != killed, 30, "consumer_02 restarted")
+    assert sh(host, f"ls /run/food-orders/metrics/gauge_livemax_{killed}.db"), "the dead process's gauges"
+    status = sh(host, "COLUMNS=100 food-orders status", user="alice")
+    assert "degraded consumers: none" in status and "match the rows, customer by customer" in status, status
+    frame = sh(host, "COLUMNS=80 food-orders top --once --interval 0.5", user="alice")
+    assert re.search(r"consumer_03 +RUNNING", frame), frame
     host.systemctl("restart", "food-orders.target")
     host.wait_active("food-orders.service", 120)
     wait_for(lambda: all_running(host, 4), 60, "3 consumers after a restart of the target")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from pipeline.metrics import ConsumerMetrics, ProducerMetrics, observe_many, prune_dead
+from pipeline.metrics import ConsumerMetrics, ProducerMetrics, live_files, observe_many
 from pipeline.orders import DB_REJECTED
 from tests.unit.consumer_world import P0, P1, P2, World
 
@@ -95,12 +95,13 @@ def test_producer_counters_follow_its_totals_and_never_go_down() -> None:
     assert value(registry, "food_orders_producer_waiting_orders", process="producer") == 2
 
 
-def test_prune_dead_removes_only_live_gauges_of_processes_that_are_gone(tmp_path: Path) -> None:
+def test_live_gauges_of_processes_that_are_gone_are_left_out_and_removed(tmp_path: Path) -> None:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
     me = str(os.getpid())
     for name in (f"gauge_livemax_{gone}.db", f"gauge_livemax_{me}.db", f"counter_{gone}.db", f"gauge_max_{gone}.db"):
         (tmp_path / name).write_bytes(b"")
-    assert prune_dead(tmp_path) == [int(gone)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"gauge_livemax_{me}.db", f"counter_{gone}.db", f"gauge_max_{gone}.db"])
+    kept = sorted([f"gauge_livemax_{me}.db", f"counter_{gone}.db", f"gauge_max_{gone}.db"])
+    assert sorted(Path(p).name for p in live_files(tmp_path)) == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
+

@@ -1,0 +1,39 @@
+"""python -m tests.containers ping [--quiet] | prepare | sweep | images  (bin/test and deploy/containers/engine)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tests.containers.engine import EngineError, connect
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else ""
+    try:
+        if command == "ping":
+            connect(timeout=5)
+            return 0
+        if command == "prepare":
+            from tests.containers.images import ensure_images, image_set
+            started = time.monotonic()
+            client = connect()
+            tags = ensure_images(client, image_set(), say=lambda line: print(f"    {line}", flush=True))
+            print(f"    images ready in {time.monotonic() - started:.1f}s: {', '.join(tags.values())}")
+            return 0
+        if command == "sweep":
+            from tests.containers.runs import sweep
+            removed = sweep(connect())
+            if removed:
+                print(f"    removed {len(removed)} container(s) of finished test runs: {', '.join(removed)}")
+            return 0
+    except EngineError as e:
+        if not (command == "ping" and "--quiet" in argv):
+            print(e, file=sys.stderr)
+        return e.exit_code
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
