@@ -2,6 +2,7 @@
 
   up | down                    everything on this host, in order (services, then supervisord + programs)
   status [--json] [--check]    processes, group members, lag, database totals, DLQ; --check for monitoring
+  dlq show|replay              dead letters: list them; replay them once their cause is fixed
   top                          a live view (rates, lag, latency, DLQ), refreshed every second
   scale N                      consumer processes (only the difference is started or stopped)
   logs [-f] [NAME]             process logs merged with a name prefix, or one process
@@ -184,6 +185,37 @@ def _write_letters(path: Path, letters: int) -> None:
         pass  # growth stays unknown next time; the check itself is still right
 
 
+def cmd_dlq(args: argparse.Namespace, config: Config) -> int:
+    from pipeline import dlq_tools
+
+    settings = config.settings
+    if args.action == "show":
+        since = dlq_tools.parse_since(args.since) if args.since else None
+        letters = dlq_tools.show(settings, args.error, since, args.limit)
+        if args.json:
+            for letter in letters:
+                print(json.dumps(letter.as_json()))
+            return 0
+        table = Table(title=f"{settings.kafka_dlq_topic}: {len(letters)} letter(s)"
+                      + (f" with error {args.error}" if args.error else "") + (f" since {since:%Y-%m-%d %H:%M:%S}"
+                                                                               if since else ""),
+                      title_justify="left")
+        for col in ("offset", "time (UTC)", "error", "source", "replays", "key", "detail"):
+            table.add_column(col, overflow="fold")
+        for x in letters:
+            j = x.as_json()
+            table.add_row(f"{x.partition}@{x.offset}", j["time"][:19].replace("T", " "), x.error, j["source"],
+                          str(x.replay_count), (j["key"] or "-")[:24], x.detail[:80])
+        console.print(table)
+        return 0
+    if args.execute == args.dry_run:
+        raise PipelineError("dlq replay: say --dry-run (show what would be replayed) or --execute")
+    report, group = dlq_tools.replay(settings, args.error, args.execute, args.max_replays)
+    for line in report.lines(args.execute, group):
+        print(line)
+    return 0
+
+
 def cmd_top(args: argparse.Namespace, config: Config) -> int:
     from prometheus_client import generate_latest
 
@@ -361,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dlq-growth-crit", type=int, default=limits.dlq_growth_crit, metavar="N", help="(%(default)s)")
     p.add_argument("--state-file", help="where the previous check's DLQ count is kept "
                    "(default ~/.cache/food-orders/check-*.json)")
+    p = add("dlq", cmd_dlq, "the dead-letter queue: show letters, replay them once their cause is fixed")
+    p.add_argument("action", choices=["show", "replay"])
+    p.add_argument("--error", metavar="CODE", help="only letters with this error code (schema, conflict, ...)")
+    p.add_argument("--since", metavar="T", help="show: letters since an ISO time or 30m / 2h / 1d ago")
+    p.add_argument("--limit", type=int, default=50, help="show: the last N letters (%(default)s)")
+    p.add_argument("--json", action="store_true", help="show: one JSON object per letter")
+    p.add_argument("--dry-run", action="store_true", help="replay: say what would be replayed")
+    p.add_argument("--execute", action="store_true", help="replay: produce the letters to their source topic")
+    p.add_argument("--max-replays", type=int, default=3, metavar="N",
+                   help="replay: never replay a letter already replayed N times (%(default)s)")
     p = add("top", cmd_top, "a live view: rates, lag per partition, latency, DLQ, degraded consumers (q quits)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (%(default)s)")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
