@@ -83,6 +83,7 @@ class Keeper:
         logger.warning("{} is not running: starting it again", server.name)
         started = time.monotonic()
         try:
+            self.services.prepare(server.name)
             pid = server.start(timeout=120)
         except (ServiceError, OSError) as e:
             delay = self._back_off(server.name)

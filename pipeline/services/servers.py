@@ -162,6 +162,13 @@ class LocalServices:
             if server.name == "postgres":
                 self._ensure_database()
 
+    def prepare(self, name: str) -> None:
+        """What a server needs before (re)starting: its state dir reachable and written (idempotent). A
+        restart prepares again: the postgres account's path to its data may have been closed meanwhile
+        (a temp dir's parent reset to 0700, say)."""
+        self._prepare_state_dir()
+        self._prepare(name)
+
     def stop(self, timeout: float = 60.0, say: Callable[[str], None] = print) -> None:
         for server in reversed(self.all()):
             stopped = server.stop(timeout)

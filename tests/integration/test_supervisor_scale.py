@@ -374,7 +374,7 @@ def test_repository_config_resolves_paths_from_the_checkout(tmp_path: Path) -> N
     options = ServerOptions()
     options.realize(["-c", str(tmp_path / "supervisord.conf")])
     groups = {g.name: g for g in options.process_group_configs}
-    assert sorted(groups) == ["consumer", "producer"]
+    assert sorted(groups) == ["alerts", "consumer", "metrics", "producer"]
     python = str(tmp_path / ".venv" / "bin" / "python")
     (consumer,) = groups["consumer"].process_configs
     assert consumer.name == "consumer_01"
