@@ -2,6 +2,7 @@
 
   up | down                    everything on this host, in order (services, then supervisord + programs)
   status [--json] [--check]    processes, group members, lag, database totals, DLQ; --check for monitoring
+  chaos [--minutes M]          faults for M minutes, then proof that nothing was lost (exit 1 if not)
   dlq show|replay              dead letters: list them; replay them once their cause is fixed
   top                          a live view (rates, lag, latency, DLQ), refreshed every second
   scale N                      consumer processes (only the difference is started or stopped)
@@ -183,6 +184,22 @@ def _write_letters(path: Path, letters: int) -> None:
         tmp.replace(path)
     except OSError:
         pass  # growth stays unknown next time; the check itself is still right
+
+
+def cmd_chaos(args: argparse.Namespace, config: Config) -> int:
+    from pipeline import chaos
+
+    checks, counts = chaos.run(config.settings, config.host, config.supervisord, args.minutes, args.rate, args.seed)
+    table = Table(title="chaos verdicts", title_justify="left")
+    for col in ("check", "expected", "found", "verdict"):
+        table.add_column(col)
+    for c in checks:
+        table.add_row(c.name, c.expected, c.found, "[green]OK[/]" if c.ok else "[red]VIOLATED[/]")
+    console.print(f"faults: {', '.join(f'{name} {n}' for name, n in sorted(counts.items())) or 'none'}")
+    console.print(table)
+    ok = all(c.ok for c in checks)
+    console.print("verdict: " + ("OK, nothing lost, nothing doubled, nothing reordered" if ok else "FAILED"))
+    return 0 if ok else 1
 
 
 def cmd_dlq(args: argparse.Namespace, config: Config) -> int:
@@ -393,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dlq-growth-crit", type=int, default=limits.dlq_growth_crit, metavar="N", help="(%(default)s)")
     p.add_argument("--state-file", help="where the previous check's DLQ count is kept "
                    "(default ~/.cache/food-orders/check-*.json)")
+    p = add("chaos", cmd_chaos, "faults against the running pipeline, then proof from Kafka that nothing was lost")
+    p.add_argument("--minutes", type=float, default=2.0, help="how long to inject faults (%(default)s)")
+    p.add_argument("--rate", type=float, default=500.0, help="orders/s while it runs (%(default)s)")
+    p.add_argument("--seed", type=int, help="random seed of the fault sequence (printed; default random)")
     p = add("dlq", cmd_dlq, "the dead-letter queue: show letters, replay them once their cause is fixed")
     p.add_argument("action", choices=["show", "replay"])
     p.add_argument("--error", metavar="CODE", help="only letters with this error code (schema, conflict, ...)")

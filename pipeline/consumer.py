@@ -121,7 +121,10 @@ class KafkaConsumer:
             self._listener.committed({(tp.topic, tp.partition): tp.offset for tp in partitions if tp.error is None},
                                      None)
         elif err.code() == KafkaError.FENCED_INSTANCE_ID:
-            self._fenced = f"another process uses group.instance.id {self._instance_id}"
+            self._fenced = (f"the group coordinator fenced group.instance.id {self._instance_id} (FENCED_INSTANCE_ID "
+                            "on an offset commit): another process uses that id, or the coordinator restarted "
+                            "and this member's session is gone; exiting so supervisord starts it with a new "
+                            "session (uncommitted batches are redelivered, nothing is lost)")
         elif err.code() != KafkaError._NO_OFFSET:
             self._listener.committed({}, err.str())
 

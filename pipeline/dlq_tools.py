@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,12 +66,14 @@ def _text(data: str | bytes | None) -> str | None:
 
 
 def parse_letter(partition: int, offset: int, timestamp_ms: int, key: bytes | None, value: bytes | None,
-                 headers: Sequence[tuple[str, bytes | str | None]] | None) -> Letter:
+                 headers: Sequence[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None
+                 ) -> Letter:
     """A DLQ message as a Letter. Pure."""
     ours: dict[str, str] = {}
     original: list[Header] = []
     replays: list[str] = []
-    for name, raw in headers or []:
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or []
+    for name, raw in pairs:
         data = raw.encode() if isinstance(raw, str) else raw
         if name in OURS:
             ours[name] = (data or b"").decode("utf-8", "replace")

@@ -5,9 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import uuid
 import xmlrpc.client
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,36 @@ class Supervised(Supervisord):
 
     def log(self, name: str) -> str:
         return (self.root / "var" / "log" / f"{name}.log").read_text(errors="replace")
+
+
+@contextmanager
+def keeper_host(tmp_path: Path, **env: str) -> Iterator[Supervised]:
+    """A whole dev-mode host, `bin/pipeline up`: a keeper with servers of its own on free ports under
+    tmp_path, and supervisord with the producer and one consumer. Everything stops at the end."""
+    kafka, pg = free_port(), free_port()
+    pipe = PipelineEnv(f"127.0.0.1:{kafka}", f"postgresql://pipeline:{uuid.uuid4().hex}@127.0.0.1:{pg}/pipeline",
+                       "food-orders", "order-processors", tmp_path)
+    # Outside pytest's temp root, which any new pytest session resets to 0700 (the postgres account must
+    # reach its data dir below this one, at every start).
+    state = Path(tempfile.mkdtemp(prefix="food-orders-keeper-"))
+    os.chmod(state, 0o755)
+    sup = Supervised(tmp_path / "host", pipe, consumers=1, PIPELINE_STATE_DIR=str(state),
+                     PIPELINE_ZOOKEEPER_PORT=str(free_port()), PIPELINE_KAFKA_CONTROLLER_PORT=str(free_port()),
+                     **{"PRODUCER_RATE": "300", **env})
+    try:
+        up = sup.pipeline("up", "--timeout", "240", check=False)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield sup
+    finally:
+        down = sup.pipeline("down", check=False)
+        keeper = state / "run" / "keeper.pid"
+        if down.returncode != 0 and keeper.exists():  # leave nothing running, whatever happened
+            os.killpg(int(keeper.read_text()), signal.SIGKILL)
+        log = keeper_log(sup)
+        if down.returncode == 0:
+            shutil.rmtree(state, ignore_errors=True)
+        assert down.returncode == 0, down.stdout + down.stderr + log
+
+
+def keeper_log(sup: Supervised) -> str:
+    return (Path(sup.env["PIPELINE_STATE_DIR"]) / "log" / "keeper.log").read_text(errors="replace")[-4000:]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import psutil
 import pytest
 
 from pipeline.audit import audit
-from pipeline.services import free_port
 from pipeline.settings import load_settings
-from tests.helpers import PipelineEnv, wait_for
-from tests.supervised import Supervised
+from tests.helpers import wait_for
+from tests.supervised import Supervised, keeper_host, keeper_log
 
 pytestmark = [pytest.mark.supervisor, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -30,29 +28,8 @@ REPAIR_TARGET_S = 30.0
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[Supervised]:
-    kafka, pg = free_port(), free_port()
-    pipe = PipelineEnv(f"127.0.0.1:{kafka}", f"postgresql://pipeline:{uuid.uuid4().hex}@127.0.0.1:{pg}/pipeline",
-                       "food-orders", "order-processors", tmp_path)
-    state = tmp_path / "state"
-    state.mkdir()
-    os.chmod(tmp_path, 0o755)  # the postgres account reaches its data dir below
-    sup = Supervised(tmp_path / "host", pipe, consumers=1, PIPELINE_STATE_DIR=str(state),
-                     PIPELINE_ZOOKEEPER_PORT=str(free_port()), PIPELINE_KAFKA_CONTROLLER_PORT=str(free_port()),
-                     PRODUCER_RATE="300")
-    try:
-        up = sup.pipeline("up", "--timeout", "240", check=False)
-        assert up.returncode == 0, up.stdout + up.stderr
+    with keeper_host(tmp_path) as sup:
         yield sup
-    finally:
-        down = sup.pipeline("down", check=False)
-        keeper = state / "run" / "keeper.pid"
-        if down.returncode != 0 and keeper.exists():  # leave nothing running, whatever happened
-            os.killpg(int(keeper.read_text()), signal.SIGKILL)
-        assert down.returncode == 0, down.stdout + down.stderr + keeper_log(sup)
-
-
-def keeper_log(sup: Supervised) -> str:
-    return (Path(sup.env["PIPELINE_STATE_DIR"]) / "log" / "keeper.log").read_text(errors="replace")[-4000:]
 
 
 def server_pid(sup: Supervised, name: str) -> int | None:
