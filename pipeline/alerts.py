@@ -13,12 +13,14 @@ from stdin, and answers `RESULT 2\\nOK`. This listener:
 - on PROCESS_STATE_STARTING after EXITED or BACKOFF counts a restart of that program
   (`food_orders_process_restarts_total`).
 
-Malformed input is one log line and an OK answer: FAIL would make supervisord send the same event
-again, forever. stdout is the protocol channel: logs go to stderr only.
+Malformed input, an event it was not meant to get and a failure while handling one are each one
+log line and an OK answer: FAIL would make supervisord send the same event again, forever. stdout is
+the protocol channel: logs go to stderr only.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import queue
 import socket
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from loguru import logger
 
@@ -46,7 +49,7 @@ RETRY_WAIT = 1.0  # seconds before the second try, doubling
 
 
 class Malformed(ValueError):
-    """Input that does not follow the eventlistener protocol."""
+    """Input that does not follow the eventlistener protocol, or an event this listener does not handle."""
 
 
 def parse_tokens(text: str) -> dict[str, str]:
@@ -60,13 +63,17 @@ def parse_tokens(text: str) -> dict[str, str]:
     return out
 
 
-def parse_header(line: bytes) -> tuple[str, int]:
-    """(event name, payload length) from a header line."""
+def parse_header(line: bytes) -> tuple[str | None, int]:
+    """(event name, payload length) from a header line; the name is None when missing, so that the
+    caller can still read (and skip) the payload instead of taking it for the next header."""
     try:
         headers = parse_tokens(line.decode("utf-8", "replace"))
-        return headers["eventname"], int(headers["len"])
+        length = int(headers["len"])
     except (KeyError, ValueError) as e:
         raise Malformed(f"bad header {line[:200]!r}: {e}") from None
+    if length < 0:
+        raise Malformed(f"bad header {line[:200]!r}: negative len")
+    return headers.get("eventname"), length
 
 
 @dataclass(frozen=True)
@@ -85,11 +92,18 @@ class Rules:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def handle(self, event: str, payload: str) -> Alert | None:
-        fields = parse_tokens(payload.split("\n", 1)[0])  # PROCESS_LOG events would carry data after a newline
+        """The alert an event calls for, or None; raises Malformed for input it cannot read."""
+        if event not in EVENTS:
+            raise Malformed(f"unexpected event {event} (this listener handles {', '.join(EVENTS)}: "
+                            f"check events= of [eventlistener:alerts])")
+        try:
+            fields = parse_tokens(payload.split("\n", 1)[0])  # PROCESS_LOG events would carry data after a newline
+        except Malformed as e:
+            raise Malformed(f"{event} payload {payload[:200]!r}: {e}") from None
         try:
             process, group, from_state = fields["processname"], fields["groupname"], fields["from_state"]
         except KeyError as e:
-            raise Malformed(f"{event} without {e.args[0]}: {payload[:200]!r}") from None
+            raise Malformed(f"{event} payload without {e.args[0]}: {payload[:200]!r}") from None
         program = process if process == group else f"{group}:{process}"
         if event == "PROCESS_STATE_STARTING":
             if from_state in RESTARTED_FROM:
@@ -101,11 +115,9 @@ class Rules:
             pid = fields.get("pid", "?")
             text = f"{program} exited unexpectedly (pid {pid}, was {from_state}); supervisord restarts it"
             return self._alert("WARNING", event, program, fields, text)
-        if event == "PROCESS_STATE_FATAL":
-            text = (f"{program} is FATAL: it kept exiting while starting and supervisord gave up; "
-                    f"see its log, then supervisorctl start {program}")
-            return self._alert("ERROR", event, program, fields, text)
-        return None
+        text = (f"{program} is FATAL: it kept exiting while starting and supervisord gave up; "
+                f"see its log, then supervisorctl start {program}")
+        return self._alert("ERROR", event, program, fields, text)
 
     def _alert(self, level: str, event: str, program: str, fields: dict[str, str], text: str) -> Alert:
         body = {"event": event, "program": program, "process": fields["processname"], "group": fields["groupname"],
@@ -115,12 +127,22 @@ class Rules:
         return Alert(level, text, body)
 
 
+def shown_url(url: str) -> str:
+    """The receiver as logs may show it: webhook URLs often carry their secret in the path or query
+    (Slack's do), so only scheme, host and port."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    port = f":{parts.port}" if parts.port else ""
+    rest = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
+
+
 class Webhook:
     """POSTs alerts as JSON from a background thread; never blocks `send`."""
 
-    def __init__(self, url: str, timeout: float, retry_wait: float = RETRY_WAIT) -> None:
+    def __init__(self, url: str, timeout: float, retry_wait: float = RETRY_WAIT, queue_size: int = QUEUE_SIZE) -> None:
         self.url, self.timeout, self.retry_wait = url, timeout, retry_wait
-        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(queue_size)
         self.delivered = 0
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
         self._thread.start()
@@ -129,13 +151,16 @@ class Webhook:
         try:
             self.queue.put_nowait(body)
         except queue.Full:
-            logger.error("webhook queue full ({} alerts waiting): alert for {} not posted", QUEUE_SIZE,
+            logger.error("webhook queue full ({} alerts waiting): alert for {} not posted", self.queue.maxsize,
                          body.get("program"))
 
     def _run(self) -> None:
         while True:
             body = self.queue.get()
-            self._post(body)
+            try:
+                self._post(body)
+            except Exception:  # noqa: BLE001 - the thread must outlive any one post, or every later alert is lost
+                logger.exception("webhook {}: alert for {} not delivered", shown_url(self.url), body.get("program"))
 
     def _post(self, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -146,7 +171,7 @@ class Webhook:
                 self.delivered += 1
                 return
             if attempt == RETRIES:
-                logger.error("webhook {}: {}; gave up after {} tries (alert for {} not delivered)", self.url,
+                logger.error("webhook {}: {}; gave up after {} tries (alert for {} not delivered)", shown_url(self.url),
                              problem, RETRIES, body.get("program"))
                 return
             time.sleep(wait)
@@ -167,6 +192,8 @@ class Webhook:
             return f"no answer within {self.timeout:g}s" if isinstance(reason, TimeoutError) else f"{reason}"
         except OSError as e:
             return str(e)
+        except http.client.HTTPException as e:  # not an OSError: e.g. an answer that is not HTTP
+            return f"bad answer ({type(e).__name__}: {' '.join(str(e).split())[:200]})"  # one line
         return None
 
 
@@ -188,17 +215,21 @@ class Listener:
             self.stdout.flush()
 
     def one(self, line: bytes) -> None:
+        """One event; whatever it holds, the caller answers OK (FAIL would make supervisord resend it forever)."""
         try:
             event, length = parse_header(line)
             payload = self.stdin.read(length).decode("utf-8", "replace")
+            if event is None:
+                raise Malformed(f"bad header {line[:200]!r}: no eventname")
             alert = self.rules.handle(event, payload)
+            if alert is not None:
+                logger.log(alert.level, "ALERT {}", alert.text)
+                if self.webhook is not None:
+                    self.webhook.send(alert.body)
         except Malformed as e:
-            logger.warning("ignored malformed event: {}", e)
-            return
-        if alert is not None:
-            logger.log(alert.level, "ALERT {}", alert.text)
-            if self.webhook is not None:
-                self.webhook.send(alert.body)
+            logger.warning("ignored event: {}", e)
+        except Exception:  # noqa: BLE001 - e.g. a failing on_restart hook: one event lost, never the listener
+            logger.exception("could not handle the event {!r}", line[:200])
 
 
 def restart_counter(settings: Settings | None) -> Callable[[str], None]:
@@ -220,8 +251,8 @@ def main() -> int:
     webhook = None
     if settings is not None and settings.alert_webhook_url:
         webhook = Webhook(settings.alert_webhook_url, settings.alert_webhook_timeout_s)
-    logger.info("listening for {}; webhook {}", ", ".join(EVENTS),
-                webhook.url if webhook else "off (ALERT_WEBHOOK_URL unset)")
+    off = "off (ALERT_WEBHOOK_URL unset)" if settings is not None else "off (configuration error)"
+    logger.info("listening for {}; webhook {}", ", ".join(EVENTS), shown_url(webhook.url) if webhook else off)
     Listener(Rules(on_restart=restart_counter(settings)), webhook, sys.stdin.buffer, sys.stdout.buffer).run()
     return 0
 

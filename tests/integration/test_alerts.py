@@ -8,14 +8,19 @@ import http.server
 import json
 import os
 import re
+import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
+from pipeline.alerts import Webhook, shown_url
 from pipeline.services.process import free_port
 from tests.helpers import REPO, wait_for
 from tests.supervised import Supervisord
@@ -38,16 +43,22 @@ autorestart = true
 
 
 class Receiver:
-    """An HTTP server on loopback that records POSTed JSON and answers with `status` after `delay` s."""
+    """An HTTP server on loopback that records POSTed JSON (`arrived` at once, `bodies` when answered) and
+    answers with `status` after `delay` s, once `gate` is open."""
 
     def __init__(self) -> None:
+        self.arrived: list[dict[str, object]] = []
         self.bodies: list[dict[str, object]] = []
         self.status, self.delay = 200, 0.0
+        self.gate = threading.Event()
+        self.gate.set()
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.arrived.append(body)
+                receiver.gate.wait(30)
                 time.sleep(receiver.delay)
                 receiver.bodies.append(body)
                 self.send_response(receiver.status)
@@ -61,6 +72,7 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.gate.set()
         self.server.shutdown()
 
 
@@ -112,6 +124,8 @@ def test_unexpected_exits_and_fatal_programs_are_logged_and_posted(tmp_path: Pat
         restarts = {s.labels["program"]: s.value for m in MultiProcessCollector(None, str(tmp_path / "var/run/metrics"))
                     .collect() for s in m.samples if s.name == "food_orders_process_restarts_total"}
         assert restarts.get("crasher", 0) >= 2 and "doomed" not in restarts, restarts
+        # The protocol chatter on stdout is nobody's log (bin/pipeline logs would show it as a process).
+        assert not list((tmp_path / "var" / "log").glob("alerts-stdout*")), os.listdir(tmp_path / "var" / "log")
     finally:
         sup.stop()
 
@@ -130,3 +144,87 @@ def test_a_failing_or_slow_receiver_never_stops_the_alerts(tmp_path: Path, recei
         assert sup.info()["alerts"]["statename"] == "RUNNING"
     finally:
         sup.stop()
+
+
+@pytest.fixture
+def log() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m).strip()), level="DEBUG", format="{level} {message}")
+    yield lines
+    logger.remove(sink)
+
+
+def not_http_server() -> tuple[socket.socket, str]:
+    """A TCP server on loopback that answers anything with a line that is not HTTP."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed by the test
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HELLO THERE\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+
+
+def test_each_kind_of_webhook_failure_is_one_line_and_later_alerts_are_still_posted(
+        log: list[str], receiver: Receiver) -> None:
+    refused = Webhook(f"http://127.0.0.1:{free_port()}/hook", timeout=1, retry_wait=0.01)
+    refused.send({"program": "one"})
+    line = wait_for(lambda: [x for x in log if "alert for one" in x], 10, "the connection refused line")
+    assert line == [f"ERROR webhook {shown_url(refused.url)}: [Errno 111] Connection refused; gave up after 3 tries "
+                    "(alert for one not delivered)"], log
+
+    server, url = not_http_server()
+    with closing(server):
+        garbled = Webhook(url, timeout=1, retry_wait=0.01)
+        garbled.send({"program": "two"})
+        line = wait_for(lambda: [x for x in log if "alert for two" in x], 10, "the bad answer line")
+        assert line == [f"ERROR webhook {shown_url(url)}: bad answer (BadStatusLine: HELLO THERE); gave up after 3 "
+                        "tries (alert for two not delivered)"], log
+        # Whatever a post raises (here a body json cannot encode), the thread lives on: the same thread posts
+        # the next alert once the receiver is an HTTP server again.
+        garbled.url = receiver.url
+        garbled.send({"program": "odd", "value": object()})
+        garbled.send({"program": "three"})
+        wait_for(lambda: receiver.bodies == [{"program": "three"}], 10, "the next alert posted")
+    assert [x.split("\n")[0] for x in log if x.startswith("ERROR")][2:] == [
+        f"ERROR webhook {shown_url(receiver.url)}: alert for odd not delivered"], log
+    assert "/hook" not in "\n".join(log), "a webhook URL's path may be its secret: never logged"
+
+
+def test_a_full_queue_drops_the_alert_with_one_line_and_sends_the_rest(log: list[str], receiver: Receiver) -> None:
+    receiver.gate.clear()  # the receiver holds the first post: the queue behind it fills
+    hook = Webhook(receiver.url, timeout=10, retry_wait=0.01, queue_size=1)
+    hook.send({"program": "a"})
+    wait_for(lambda: receiver.arrived, 10, "the first post to arrive")
+    hook.send({"program": "b"})  # waits in the queue
+    hook.send({"program": "c"})  # no room
+    assert [x for x in log if "queue full" in x] == [
+        "ERROR webhook queue full (1 alerts waiting): alert for c not posted"], log
+    receiver.gate.set()
+    wait_for(lambda: len(receiver.bodies) == 2, 10, "the queued alert posted")
+    assert receiver.bodies == [{"program": "a"}, {"program": "b"}] and hook.delivered == 2
+
+
+def test_the_listener_with_unreadable_settings_says_so_once_and_still_alerts() -> None:
+    """`python -m pipeline.alerts` itself: stdout carries the protocol and nothing else."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALERT_", "PROMETHEUS_", "SUPERVISOR_"))}
+    payload = b"processname:producer groupname:producer from_state:RUNNING expected:0 pid:99"
+    header = b"ver:3.0 server:supervisor serial:1 pool:alerts poolserial:1 eventname:PROCESS_STATE_EXITED len:%d\n"
+    out = subprocess.run([sys.executable, "-m", "pipeline.alerts"], input=header % len(payload) + payload,
+                         capture_output=True, timeout=60, cwd=REPO,
+                         env={**env, "PYTHONPATH": str(REPO), "PIPELINE_ENV_FILE": os.devnull,
+                              "ALERT_WEBHOOK_URL": "ftp://example.invalid/hook"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"READY\nRESULT 2\nOKREADY\n"
+    errors = [line for line in out.stderr.decode().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "configuration error: ALERT_WEBHOOK_URL: expected an http:// or https:// URL, got "
+        "'ftp://example.invalid/hook'; alerts are logged here, no webhook"), out.stderr
+    assert "ALERT producer exited unexpectedly (pid 99, was RUNNING)" in out.stderr.decode()
