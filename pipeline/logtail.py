@@ -35,7 +35,8 @@ def timestamp(line: str) -> float | None:
 def merged_tail(files: Iterable[Path], lines: int) -> list[str]:
     """The last `lines` lines of each file merged by the time each line was written, each prefixed
     with the process name; a line without a time stays right after the line it follows. At most
-    4 × `lines` in all (`lines` 0: none)."""
+    4 × `lines` in all (`lines` 0: none). Text lines carry milliseconds, so lines of two files written
+    within one millisecond may come out in either order."""
     if lines <= 0:
         return []
     per_file = []

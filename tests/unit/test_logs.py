@@ -51,3 +51,14 @@ def test_json_exceptions_carry_the_whole_traceback_on_one_line(capsys: pytest.Ca
     assert exc["frames"][-1]["file"].endswith("test_logs.py") and exc["frames"][-1]["line"] > 0
     assert exc["text"].startswith("Traceback (most recent call last):")
     assert exc["text"].endswith("ValueError: bad\nvalue")
+
+
+def test_text_exceptions_keep_loguru_multi_line_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("producer", "INFO", "text")
+    try:
+        raise KeyError("gone")
+    except KeyError as e:
+        logger.opt(exception=e).error("lookup failed")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("lookup failed") and lines[1] == "Traceback (most recent call last):", lines
+    assert lines[-1] == "KeyError: 'gone'" and any("test_text_exceptions_keep" in line for line in lines), lines

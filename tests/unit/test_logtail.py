@@ -85,3 +85,21 @@ def test_json_and_text_lines_merge_by_the_parsed_time_and_continuations_stay_put
 
     assert [what(line) for line in lines] == ["j1", "failed", "last):", "x", "j3", "t4"]
     assert lines[2] == "producer     | Traceback (most recent call last):"
+
+
+def test_json_files_at_different_utc_offsets_merge_by_the_instant(tmp_path: Path) -> None:
+    start = datetime(2026, 11, 26, 23, 59, 59, 900_000, tzinfo=UTC)
+
+    def line(ms: int, offset_h: float, msg: str) -> str:
+        at = (start + timedelta(milliseconds=ms)).astimezone(timezone(timedelta(hours=offset_h)))
+        return json.dumps({"ts": at.isoformat(), "msg": msg})
+
+    # Written at +13:00 (already the 27th) and at -05:00 (still the 26th): the text of ts sorts wrongly.
+    noise = "%3|1764201600.123|FAIL|rdkafka#producer-1|"  # librdkafka's own line: no ts, stays with p3
+    write(tmp_path / "producer.log", line(0, 13, "p1"), line(150, 13, "p3"), noise)
+    write(tmp_path / "consumer_02.log", line(100, -5, "c2"), line(200, -5, "c4"))
+    lines = merged_tail([tmp_path / "producer.log", tmp_path / "consumer_02.log"], 10)
+    shown = [text.split(" | ", 1) for text in lines]
+    assert [(name.strip(), json.loads(text)["msg"] if text.startswith("{") else text) for name, text in shown] == [
+        ("producer", "p1"), ("consumer_02", "c2"), ("producer", "p3"),
+        ("producer", noise), ("consumer_02", "c4")]
