@@ -2,8 +2,8 @@
 from Kafka itself that nothing was lost, doubled or reordered.
 
 While orders flow at `--rate` (from a producer of the runner's own, which records every id it
-generates; the supervised producer is held stopped meanwhile), the runner picks, with a seeded random
-generator, one fault at a time:
+generates; the supervised producer is held stopped meanwhile), the runner injects one fault at a time,
+each kind once first in a random order, then picked at random (a seeded generator):
 
 - kill -9 of a random consumer (supervisord restarts it);
 - scale the consumers to a random count in 1..6 (as `bin/pipeline scale` does);
@@ -212,6 +212,7 @@ class Chaos:
         invalid = Producer({**self.settings.kafka_common(), "enable.idempotence": True}, logger=kafka_logger())
         deadline = time.monotonic() + minutes * 60
         next_invalid = time.monotonic()
+        first = self.rng.sample(FAULTS, len(FAULTS))  # every kind once, in a random order, then at random
         self.say(f"chaos for {minutes:g} min at {rate:g} orders/s")
         try:
             while time.monotonic() < deadline:
@@ -219,7 +220,7 @@ class Chaos:
                     self.inject_invalid(invalid)
                     next_invalid = time.monotonic() + INVALID_EVERY
                 invalid.poll(0)
-                fault = self.rng.choices(FAULTS, WEIGHTS)[0]
+                fault = first.pop() if first else self.rng.choices(FAULTS, WEIGHTS)[0]
                 self.say(f"{fault}: {getattr(self, fault)()}")
                 self.counts[fault] += 1
                 self.hold_producer_stopped()
