@@ -19,10 +19,11 @@ from pipeline.settings import parse_host_settings
 
 @contextmanager
 def ephemeral_services(name: str, kafka_mode: str = "zookeeper", kafka_heap: str = "1g",
-                       keep_state: bool = False) -> Iterator[LocalServices]:
+                       keep_state: bool = False, brokers: int = 1) -> Iterator[LocalServices]:
     """ZooKeeper (unless KRaft), Kafka and PostgreSQL of their own, started and ready; the database
     role may create databases (one per test or benchmark phase). Stopped and removed at the end,
-    pass or fail; `keep_state` keeps the temp dir (its logs) and says where."""
+    pass or fail; `keep_state` keeps the temp dir (its logs) and says where; `brokers` > 1 makes a
+    Kafka cluster (ZooKeeper mode)."""
     root = Path(tempfile.mkdtemp(prefix=f"food-orders-{name}-"))
     os.chmod(root, 0o755)  # the postgres account must reach its data dir inside
     host = parse_host_settings({
@@ -31,7 +32,7 @@ def ephemeral_services(name: str, kafka_mode: str = "zookeeper", kafka_heap: str
         "PIPELINE_KAFKA_MODE": kafka_mode,
         "PIPELINE_ZOOKEEPER_PORT": str(free_port()),
         "PIPELINE_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "KAFKA_BOOTSTRAP_SERVERS": ",".join(f"127.0.0.1:{free_port()}" for _ in range(brokers)),
         "DATABASE_URL": f"postgresql://pipeline:{uuid.uuid4().hex}@127.0.0.1:{free_port()}/pipeline",
     })
     config = replace(ServicesConfig.from_host(host), kafka_heap=kafka_heap)

@@ -42,14 +42,20 @@ class ServicesConfig:
     db_user: str
     db_password: str
     kafka_heap: str = "1g"
+    # More than one port: a cluster of that many brokers (ZooKeeper mode), broker.id 0, 1, ...
+    extra_kafka_ports: tuple[int, ...] = ()
 
     @property
     def kafka_lib(self) -> Path:
         return self.prefix / "kafka" / "lib"
 
     @property
+    def broker_ports(self) -> tuple[int, ...]:
+        return (self.kafka_port, *self.extra_kafka_ports)
+
+    @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{port}" for port in self.broker_ports)
 
     @property
     def database_url(self) -> str:
@@ -67,18 +73,31 @@ class ServicesConfig:
         for part, what in ((user, "user"), (db, "database")):
             if not _IDENT.fullmatch(part):
                 raise ServiceError(f"DATABASE_URL: {what} name {part!r} must match {_IDENT.pattern}")
+        ports = tuple(int(hostport.rsplit(":", 1)[1]) for hostport in host.kafka_bootstrap_servers.split(","))
+        if len(ports) > 1 and host.kafka_mode == "kraft":
+            raise ServiceError("KAFKA_BOOTSTRAP_SERVERS lists several brokers: a local cluster runs in ZooKeeper "
+                               "mode (PIPELINE_KAFKA_MODE=zookeeper)")
         return ServicesConfig(
             state_dir=host.state_dir,
             prefix=host.prefix,
             kafka_mode=host.kafka_mode,
             zookeeper_port=host.zookeeper_port,
-            kafka_port=int(host.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)[1]),
+            kafka_port=ports[0],
+            extra_kafka_ports=ports[1:],
             controller_port=host.controller_port,
             postgres_port=url.port or 5432,
             db_name=db,
             db_user=user,
             db_password=unquote(url.password or ""),
         )
+
+
+def broker_name(broker: int) -> str:
+    return "kafka" if broker == 0 else f"kafka-{broker + 1}"
+
+
+def broker_index(name: str) -> int:
+    return 0 if name == "kafka" else int(name.rsplit("-", 1)[1]) - 1
 
 
 def render(template: Path, dest: Path, **values: object) -> None:
@@ -112,22 +131,27 @@ class LocalServices:
             marker=str(conf),
         )
 
-    def kafka(self) -> ManagedProcess:
-        c, d = self.config, self.root / "kafka"
-        conf = d / "conf" / "server.properties"
-        ports = [c.kafka_port] + ([c.controller_port] if c.kafka_mode == "kraft" else [])
+    def kafka(self, broker: int = 0) -> ManagedProcess:
+        """Broker `broker` (broker.id): named kafka, then kafka-2, kafka-3, ... in a cluster."""
+        c, name = self.config, broker_name(broker)
+        conf = self.root / name / "conf" / "server.properties"
+        port = c.broker_ports[broker]
+        ports = [port] + ([c.controller_port] if c.kafka_mode == "kraft" else [])
         return ManagedProcess(
-            name="kafka",
-            command=self._java("kafka.Kafka", "kafka", c.kafka_heap, str(conf)),
-            pid_file=self.root / "run" / "kafka.pid",
-            log_file=self.root / "log" / "kafka.out",
-            extra_logs=[self.root / "log" / "kafka.log"],
+            name=name,
+            command=self._java("kafka.Kafka", name, c.kafka_heap, str(conf)),
+            pid_file=self.root / "run" / f"{name}.pid",
+            log_file=self.root / "log" / f"{name}.out",
+            extra_logs=[self.root / "log" / f"{name}.log"],
             ports=ports,
-            ready=lambda: broker_answers(c.bootstrap_servers),
+            ready=lambda: broker_answers(f"127.0.0.1:{port}"),
             marker=str(conf),
-            before_start=(lambda: await_broker_released(c.zookeeper_port, say=self.say))
+            before_start=(lambda: await_broker_released(c.zookeeper_port, broker, say=self.say))
             if c.kafka_mode == "zookeeper" else None,
         )
+
+    def brokers(self) -> list[ManagedProcess]:
+        return [self.kafka(i) for i in range(len(self.config.broker_ports))]
 
     def postgres(self) -> ManagedProcess:
         c, d = self.config, self.root / "postgres"
@@ -148,7 +172,7 @@ class LocalServices:
 
     def all(self) -> list[ManagedProcess]:
         """Start order: ZooKeeper (if used), broker, PostgreSQL. Stop order is the reverse."""
-        kafka = [self.kafka()] if self.config.kafka_mode == "kraft" else [self.zookeeper(), self.kafka()]
+        kafka = self.brokers() if self.config.kafka_mode == "kraft" else [self.zookeeper(), *self.brokers()]
         return [*kafka, self.postgres()]
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -179,9 +203,12 @@ class LocalServices:
 
     def _where(self, name: str) -> str:
         c = self.config
+        if name.startswith("kafka"):
+            broker = broker_index(name)
+            role = f"broker {broker} of {len(c.broker_ports)}, " if len(c.broker_ports) > 1 else ""
+            return f"127.0.0.1:{c.broker_ports[broker]} ({role}{c.kafka_mode} mode)"
         return {
             "zookeeper": f"127.0.0.1:{c.zookeeper_port}",
-            "kafka": f"{c.bootstrap_servers} ({c.kafka_mode} mode)",
             "postgres": f"127.0.0.1:{c.postgres_port}/{c.db_name}",
         }[name]
 
@@ -213,13 +240,17 @@ class LocalServices:
         if name == "zookeeper":
             render(KAFKA_DEPLOY / "zookeeper.properties", d / "conf" / "zoo.cfg",
                    data_dir=d / "data", zookeeper_port=c.zookeeper_port)
-        elif name == "kafka":
+        elif name.startswith("kafka"):
+            broker = broker_index(name)
             conf = d / "conf" / "server.properties"
             render(KAFKA_DEPLOY / f"server-{c.kafka_mode}.properties", conf, data_dir=d / "data",
-                   kafka_port=c.kafka_port, zookeeper_port=c.zookeeper_port,
+                   kafka_port=c.broker_ports[broker], zookeeper_port=c.zookeeper_port,
                    controller_port=c.controller_port)
             with open(conf, "a") as f:
                 f.write("\n" + (KAFKA_DEPLOY / "server-common.properties").read_text())
+                if len(c.broker_ports) > 1:
+                    f.write("\n" + Template((KAFKA_DEPLOY / "server-cluster.properties").read_text()).substitute(
+                        broker_id=broker, replicas=min(3, len(c.broker_ports))))
             if c.kafka_mode == "kraft" and not (d / "data" / "meta.properties").exists():
                 self._format_kraft(conf)
         elif name == "postgres":
