@@ -1,4 +1,4 @@
-"""python -m tests.containers ping [--quiet] | prepare | sweep | images  (bin/test and deploy/containers/engine)."""
+"""python -m tests.containers ping [--quiet] | prepare | sweep   (used by bin/test and deploy/containers/engine)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,15 @@ def main(argv: list[str]) -> int:
             print(f"    images ready in {time.monotonic() - started:.1f}s: {', '.join(tags.values())}")
             return 0
         if command == "sweep":
+            from tests.containers.images import sweep_temp_tags
             from tests.containers.runs import sweep
-            removed = sweep(connect())
+            client = connect()
+            removed = sweep(client)
             if removed:
                 print(f"    removed {len(removed)} container(s) of finished test runs: {', '.join(removed)}")
+            interrupted = sweep_temp_tags(client)
+            if interrupted:
+                print(f"    removed the temporary tags of interrupted builds: {', '.join(interrupted)}")
             return 0
     except EngineError as e:
         if not (command == "ping" and "--quiet" in argv):
