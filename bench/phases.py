@@ -127,6 +127,15 @@ def _drain(b: Bench, label: str, module: str, processes: int, target: int, extra
     drained = time.monotonic() - spawned
     counter.close()
     cpu_s = cpu.stop()
+    if module != "bench.baseline":
+        # A process told to stop while still importing dies of the signal (exit -15): let every one
+        # reach its loop first (its "starting:" line; signal handlers are in place by then).
+        for i, proc in enumerate(procs):
+            log = b.infra.log_dir / f"{label}-{i + 1}.log"
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline and "starting:" not in log.read_text(
+                    errors="replace"):
+                time.sleep(0.05)
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
