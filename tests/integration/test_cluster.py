@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from pipeline.audit import audit
@@ -33,28 +35,32 @@ def test_the_leader_killed_under_load_loses_nothing_and_rejoins_the_isr(tmp_path
         producer = pipe.start("producer", "producer", PRODUCER_RATE="1000", PRODUCER_MAX_ORDERS=str(ORDERS), **rf)
         admin = AdminClient({"bootstrap.servers": c.bootstrap_servers})
 
-        def partition(p: int) -> object:
-            return admin.list_topics(pipe.topic, timeout=10).topics[pipe.topic].partitions[p]
+        def partition(p: int) -> Any:
+            try:
+                return admin.list_topics(pipe.topic, timeout=5).topics[pipe.topic].partitions[p]
+            except KafkaException:
+                return None  # the request went to the broker that is down: ask again
 
         with running(consumer, producer):
             wait_for(lambda: pipe.row_count() > 3_000, 90, "orders flowing through the cluster")
-            first = partition(0)
-            assert len(first.replicas) == 3 and sorted(first.isrs) == [0, 1, 2]  # type: ignore[attr-defined]
+            first = wait_for(lambda: partition(0), 30, "the topic's metadata")
+            assert len(first.replicas) == 3 and sorted(first.isrs) == [0, 1, 2]
             topic_config = admin.describe_configs([ConfigResource("topic", pipe.topic)])
             config = next(iter(topic_config.values())).result(10)
             assert config["min.insync.replicas"].value == "2"
             assert config["unclean.leader.election.enable"].value == "false"
 
-            leader: int = first.leader  # type: ignore[attr-defined]
+            leader: int = first.leader
             victim = services.kafka(leader)
             killed = victim.pid()
             assert killed
             os.kill(killed, signal.SIGKILL)
-            wait_for(lambda: partition(0).leader not in (leader, -1), 60, "a new leader for partition 0")  # type: ignore[attr-defined]
+            wait_for(lambda: (m := partition(0)) is not None and m.leader not in (leader, -1), 60,
+                     "a new leader for partition 0")
             before = pipe.row_count()
             wait_for(lambda: pipe.row_count() > before + 2_000, 90, "orders flowing with a broker down")
             victim.start(timeout=120)
-            wait_for(lambda: all(leader in partition(p).isrs for p in range(3)), 120,  # type: ignore[attr-defined]
+            wait_for(lambda: all((m := partition(p)) is not None and leader in m.isrs for p in range(3)), 120,
                      f"broker {leader} back in the in-sync replicas")
             assert producer.wait(180) == 0, pipe.log("producer")[-3000:]
             wait_for(lambda: pipe.lag() == 0, 120, "the consumer to catch up")

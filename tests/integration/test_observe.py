@@ -57,8 +57,9 @@ def test_metrics_match_the_topic_and_the_database(tmp_path: Path, pipe: Pipeline
         host.ctl("stop", "producer", check=True)
         wait_for(lambda: pipe.lag() == 0, 60, "the group caught up")
 
-        s = wait_for(lambda: (m := scrape(host)) and total(m, "food_orders_dead_letters_total") == 3 and m,
-                     30, "the dead letters counted")
+        s = wait_for(lambda: (m := scrape(host)) and total(m, "food_orders_dead_letters_total") == 3
+                     and total(m, "food_orders_assigned_partitions") == 3 and m, 30,
+                     "the dead letters counted, every partition assigned")
         rows, end = pipe.row_count(), pipe.end_offsets()
         assert total(s, "food_orders_orders_inserted_total") == rows
         assert pick(s, "food_orders_dead_letters_total", error="invalid_json")

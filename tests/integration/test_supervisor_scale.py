@@ -382,7 +382,8 @@ def test_repository_config_resolves_paths_from_the_checkout(tmp_path: Path) -> N
     assert consumer.command.endswith("-m pipeline.consumer")
     assert os.path.normpath(consumer.directory) == str(tmp_path)
     assert os.path.normpath(consumer.stdout_logfile) == str(tmp_path / "var" / "log" / "consumer_01.log")
-    assert consumer.environment == {"PYTHONUNBUFFERED": "1"}
+    assert consumer.environment == {"PYTHONUNBUFFERED": "1",
+                                    "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "var" / "run" / "metrics")}
     assert consumer.stopsignal == signal.SIGTERM and consumer.stopwaitsecs == 30
     (producer,) = groups["producer"].process_configs
     assert producer.command == f"{python} -m pipeline.producer"
