@@ -17,7 +17,7 @@ import psycopg2
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.errors import RetryableError
-from pipeline.kafka_admin import group_lag
+from pipeline.observe import STATS_MISMATCHES, KafkaProbe
 from pipeline.orders import Order, decode_order
 from pipeline.settings import Settings
 
@@ -100,15 +100,6 @@ def topic_order_ids(settings: Settings, timeout: float = 120.0) -> TopicContent:
     return TopicContent(ids, messages, invalid, {p: low for p, (low, _high) in ends.items()})
 
 
-# customer_stats against the aggregates of each customer's rows (a FULL JOIN: a customer on one side only
-# is a mismatch too).
-STATS_MISMATCHES = """
-    SELECT count(*) FROM customer_stats s
-    FULL JOIN (SELECT customer_id, count(*) AS n, sum(total_amount) AS spent FROM orders GROUP BY customer_id) o
-           USING (customer_id)
-    WHERE s.order_count IS DISTINCT FROM o.n OR s.total_spent IS DISTINCT FROM o.spent"""
-
-
 def audit(settings: Settings) -> Audit:
     topic = topic_order_ids(settings)
     with psycopg2.connect(settings.database_url, connect_timeout=10) as conn, conn.cursor() as cur:
@@ -130,10 +121,14 @@ def audit(settings: Settings) -> Audit:
 
 def wait_for_no_lag(settings: Settings, timeout: float) -> int | None:
     """Wait until the group has committed every message; returns the lag left (None: Kafka unreachable)."""
+    probe = KafkaProbe(settings)
     deadline = time.monotonic() + timeout
-    while True:
-        rows = group_lag(settings)
-        lag = sum(r.lag for r in rows) if rows else None
-        if lag == 0 or time.monotonic() > deadline:
-            return lag
-        time.sleep(1.0)
+    try:
+        while True:
+            view = probe.read(10.0)
+            lag = view.total_lag if view is not None else None
+            if lag == 0 or time.monotonic() > deadline:
+                return lag
+            time.sleep(1.0)
+    finally:
+        probe.close()

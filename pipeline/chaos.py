@@ -40,13 +40,14 @@ from typing import Any
 
 import psutil
 import psycopg2
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 
-from pipeline.audit import STATS_MISMATCHES, topic_order_ids, wait_for_no_lag
-from pipeline.dlq_tools import parse_letter
+from pipeline.audit import topic_order_ids, wait_for_no_lag
+from pipeline.dlq_tools import DlqReader
 from pipeline.errors import FatalError
 from pipeline.kafka_admin import after_scale, ensure_topics
 from pipeline.logs import kafka_logger
+from pipeline.observe import STATS_MISMATCHES
 from pipeline.ops import SupervisordPaths, supervisor_rpc, supervisord_running
 from pipeline.producer import OrderProducer
 from pipeline.settings import HostSettings, Settings
@@ -256,14 +257,11 @@ class Chaos:
             self.rpc().supervisor.startProcess("producer", False)
 
     def _dlq_end(self) -> dict[int, int]:
-        probe = Consumer({**self.settings.kafka_common(), "group.id": f"{self.settings.consumer_group_id}-chaos"},
-                         logger=kafka_logger())
+        reader = DlqReader(self.settings, f"{self.settings.consumer_group_id}-chaos")
         try:
-            topic = self.settings.kafka_dlq_topic
-            parts = probe.list_topics(topic, timeout=10).topics[topic].partitions
-            return {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+            return reader.ends()
         finally:
-            probe.close()
+            reader.close()
 
     # -- the proof -------------------------------------------------------------------------------
 
@@ -312,27 +310,12 @@ class Chaos:
 
     def _letters_since(self, start: dict[int, int]) -> set[tuple[int, int]]:
         """Source positions of the letters written since the run began (a letter sent twice counts once)."""
-        topic = self.settings.kafka_dlq_topic
-        reader = Consumer({**self.settings.kafka_common(), "group.id": f"{self.settings.consumer_group_id}-chaos",
-                           "enable.auto.commit": False}, logger=kafka_logger())
-        found: set[tuple[int, int]] = set()
+        reader = DlqReader(self.settings, f"{self.settings.consumer_group_id}-chaos")
         try:
-            ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in start}
-            todo = {p for p in start if ends[p] > start[p]}
-            reader.assign([TopicPartition(topic, p, start[p]) for p in todo])
-            deadline = time.monotonic() + 120
-            while todo and time.monotonic() < deadline:
-                for msg in reader.consume(1000, 1.0):
-                    if msg.error() is not None:
-                        continue
-                    letter = parse_letter(msg.partition() or 0, msg.offset() or 0, 0, None, None, msg.headers())
-                    if letter.source_topic == self.settings.kafka_topic and letter.source_offset is not None:
-                        found.add((letter.source_partition or 0, letter.source_offset))
-                    if letter.offset + 1 >= ends[letter.partition]:
-                        todo.discard(letter.partition)
+            return {(x.source_partition or 0, x.source_offset) for batch in reader.read(start) for x in batch
+                    if x.source_topic == self.settings.kafka_topic and x.source_offset is not None}
         finally:
             reader.close()
-        return found
 
 
 def say(text: str) -> None:

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -29,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-from pipeline import health, ops
+from pipeline import health, ops, views
 from pipeline.errors import PipelineError, SettingsError
 from pipeline.kafka_admin import after_scale, ensure_topics, grow_partitions
 from pipeline.keeper import keeper_process
@@ -135,7 +133,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(json.dumps(snap, indent=2, default=str))
     else:
-        show_status(snap)
+        views.show_status(console, snap)
     down = [name for name, up in snap["servers"].items() if not up]
     if down and not args.json:
         console.print(f"[red]not answering: {', '.join(down)}[/]")
@@ -150,10 +148,10 @@ def check(args: argparse.Namespace, config: Config) -> int:
         print(f"FOOD-ORDERS UNKNOWN - {e}")
         return health.UNKNOWN
     snap = ops.snapshot(settings, paths)
-    state = Path(args.state_file) if args.state_file else check_state_file(settings)
-    before = _read_letters(state)
+    state = Path(args.state_file) if args.state_file else ops.check_state_file(settings)
+    before = ops.read_letters(state)
     if snap["dlq"]["messages"] is not None:
-        _write_letters(state, snap["dlq"]["messages"])
+        ops.write_letters(state, snap["dlq"]["messages"])
     limits = health.Thresholds(args.lag_warn, args.lag_crit, args.lag_seconds_warn, args.lag_seconds_crit,
                                args.dlq_growth_warn, args.dlq_growth_crit)
     verdict = health.evaluate(snap, limits, before)
@@ -161,45 +159,11 @@ def check(args: argparse.Namespace, config: Config) -> int:
     return verdict.code
 
 
-def check_state_file(settings: Settings) -> Path:
-    """Where `--check` keeps the DLQ count of its previous run: per user (the monitoring system's),
-    per cluster and DLQ topic."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "food-orders"
-    key = hashlib.sha256(f"{settings.kafka_bootstrap_servers}/{settings.kafka_dlq_topic}".encode()).hexdigest()[:12]
-    return cache / f"check-{key}.json"
-
-
-def _read_letters(path: Path) -> int | None:
-    try:
-        return int(json.loads(path.read_text())["dlq_letters"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _write_letters(path: Path, letters: int) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"dlq_letters": letters}))
-        tmp.replace(path)
-    except OSError:
-        pass  # growth stays unknown next time; the check itself is still right
-
-
 def cmd_chaos(args: argparse.Namespace, config: Config) -> int:
     from pipeline import chaos
 
     checks, counts = chaos.run(config.settings, config.host, config.supervisord, args.minutes, args.rate, args.seed)
-    table = Table(title="chaos verdicts", title_justify="left")
-    for col in ("check", "expected", "found", "verdict"):
-        table.add_column(col)
-    for c in checks:
-        table.add_row(c.name, c.expected, c.found, "[green]OK[/]" if c.ok else "[red]VIOLATED[/]")
-    console.print(f"faults: {', '.join(f'{name} {n}' for name, n in sorted(counts.items())) or 'none'}")
-    console.print(table)
-    ok = all(c.ok for c in checks)
-    console.print("verdict: " + ("OK, nothing lost, nothing doubled, nothing reordered" if ok else "FAILED"))
-    return 0 if ok else 1
+    return 0 if views.show_chaos(console, checks, counts) else 1
 
 
 def cmd_dlq(args: argparse.Namespace, config: Config) -> int:
@@ -213,17 +177,7 @@ def cmd_dlq(args: argparse.Namespace, config: Config) -> int:
             for letter in letters:
                 print(json.dumps(letter.as_json()))
             return 0
-        table = Table(title=f"{settings.kafka_dlq_topic}: {len(letters)} letter(s)"
-                      + (f" with error {args.error}" if args.error else "") + (f" since {since:%Y-%m-%d %H:%M:%S}"
-                                                                               if since else ""),
-                      title_justify="left")
-        for col in ("offset", "time (UTC)", "error", "source", "replays", "key", "detail"):
-            table.add_column(col, overflow="fold")
-        for x in letters:
-            j = x.as_json()
-            table.add_row(f"{x.partition}@{x.offset}", j["time"][:19].replace("T", " "), x.error, j["source"],
-                          str(x.replay_count), (j["key"] or "-")[:24], x.detail[:80])
-        console.print(table)
+        views.show_letters(console, settings.kafka_dlq_topic, letters, args.error, since)
         return 0
     if args.execute == args.dry_run:
         raise PipelineError("dlq replay: say --dry-run (show what would be replayed) or --execute")
@@ -242,69 +196,6 @@ def cmd_top(args: argparse.Namespace, config: Config) -> int:
     paths = config.supervisord
     registry = build_registry(config.settings, paths.metrics_dir, paths)
     return top.run(lambda: generate_latest(registry).decode(), args.interval, args.once, console)
-
-
-def show_status(snap: dict[str, Any]) -> None:
-    procs = Table(title="Processes (supervisord)", title_justify="left")
-    for col in ("name", "state", "pid", "uptime"):
-        procs.add_column(col)
-    for p in snap["processes"] or []:
-        procs.add_row(p["name"], p["state"], str(p["pid"] or "-"), _duration(p["uptime_s"]))
-    console.print(procs if snap["processes"] is not None else "[yellow]processes: unknown (supervisord is not "
-                                                                "running)[/]")
-
-    members = snap["group"]["members"]
-    topic = snap["topic"]
-    group = Table(title=f"Consumer group {snap['group']['id']} on {topic['name']} "
-                        f"({topic['partitions'] or '?'} partitions)", title_justify="left")
-    for col in ("client.id", "host", "instance", "process (pid now)", "partitions"):
-        group.add_column(col)
-    for m in members or []:
-        proc = f"{m['process']} ({m['pid']})" if m["process"] else "-"
-        if m["pid"] and not m["client_id"].endswith(f"-{m['pid']}"):
-            proc += " [dim]*[/]"
-        group.add_row(m["client_id"], m["host"], m["instance_id"] or "-", proc,
-                      ", ".join(map(str, m["partitions"])) or "[dim]idle[/]")
-    console.print(group if members is not None else "[yellow]consumer group: unknown (Kafka unreachable)[/]")
-    if any(m["pid"] and not m["client_id"].endswith(f"-{m['pid']}") for m in members or []):
-        console.print("[dim]* restarted without a rebalance (static membership): the coordinator still shows "
-                      "the client.id of the previous pid until the next rebalance[/]")
-
-    if snap["lag"] is None:
-        console.print("[yellow]lag: unknown (Kafka unreachable or topic missing)[/]")
-    else:
-        age = snap["max_lag_seconds"]
-        lag = Table(title=f"Lag (total {snap['total_lag']}, oldest unconsumed "
-                          f"{'unknown' if age is None else f'{age:.1f}s'})", title_justify="left")
-        for col in ("partition", "committed", "end", "lag", "lag s"):
-            lag.add_column(col, justify="right")
-        for r in snap["lag"]:
-            lag.add_row(str(r["partition"]), str(r["committed"] if r["committed"] is not None else "-"),
-                        str(r["end"]), str(r["lag"]), "?" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f}")
-        console.print(lag)
-
-    db = snap["database"]
-    if db is None:
-        console.print("[yellow]database: unknown (PostgreSQL unreachable)[/]")
-    else:
-        stats = ("match the rows, customer by customer" if not db["stats_mismatches"] else
-                 f"[red]DO NOT match the rows for {db['stats_mismatches']} customers[/]")
-        console.print(f"database: {db['orders']} orders, {db['unique_customers']} customers, average order "
-                      f"{db['avg_order_value']:.2f}, duplicate order ids {db['duplicate_order_ids']}, "
-                      f"customer_stats {stats}")
-    letters = snap["dlq"]["messages"]
-    console.print(f"dead-letter queue {snap['dlq']['topic']}: "
-                  f"{'unknown (Kafka unreachable)' if letters is None else f'{letters} letters present'}")
-    degraded = snap["degraded"]
-    console.print("degraded consumers: " + ("unknown (no metrics directory)" if degraded is None else
-                                            ", ".join(degraded) or "none"))
-
-
-def _duration(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    h, rem = divmod(seconds, 3600)
-    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
 def cmd_scale(args: argparse.Namespace, config: Config) -> int:

@@ -164,6 +164,10 @@ class DlqReader:
             return {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_BEGINNING for tp in done}
         return dict.fromkeys(parts, OFFSET_BEGINNING)
 
+    def ends(self) -> dict[int, int]:
+        """Each DLQ partition's end offset now."""
+        return {p: self._end(p) for p in self.partitions()}
+
     def _end(self, partition: int) -> int:
         return int(self.consumer.get_watermark_offsets(
             TopicPartition(self.settings.kafka_dlq_topic, partition), timeout=10)[1])

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 from loguru import logger
@@ -88,38 +87,6 @@ def grow_partitions(settings: Settings, count: int, topic: str | None = None) ->
         future.result(30)
     logger.info("topic {} grown from {} to {} partitions", topic, current, count)
     return count
-
-
-@dataclass(frozen=True)
-class PartitionLag:
-    partition: int
-    committed: int | None
-    end: int
-
-    @property
-    def lag(self) -> int:
-        return self.end - (self.committed or 0)
-
-
-def group_lag(settings: Settings, topic: str | None = None, group: str | None = None) -> list[PartitionLag]:
-    """Committed offset, log end offset and lag for each partition of the topic for the group."""
-    topic = topic or settings.kafka_topic
-    group = group or settings.consumer_group_id
-    count = topic_partition_count(settings, topic)
-    if count is None:
-        return []
-    probe = Consumer({**settings.kafka_common(), "group.id": group, "enable.auto.commit": False,
-                      "client.id": f"{settings.client_id()}-lag"}, logger=kafka_logger())
-    try:
-        parts = [TopicPartition(topic, p) for p in range(count)]
-        committed = probe.committed(parts, timeout=10)
-        result = []
-        for tp in committed:
-            _low, high = probe.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-            result.append(PartitionLag(tp.partition, tp.offset if tp.offset >= 0 else None, high))
-        return result
-    finally:
-        probe.close()
 
 
 def after_scale(settings: Settings, kafka_lib: Path, stopped: list[str], consumers: int) -> list[str]:

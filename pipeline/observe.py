@@ -18,9 +18,16 @@ from typing import Any
 import psycopg2
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from pipeline.audit import STATS_MISMATCHES
 from pipeline.logs import kafka_logger
 from pipeline.settings import Settings
+
+# customer_stats against the aggregates of each customer's rows (a FULL JOIN: a customer on one side only
+# is a mismatch too).
+STATS_MISMATCHES = """
+    SELECT count(*) FROM customer_stats s
+    FULL JOIN (SELECT customer_id, count(*) AS n, sum(total_amount) AS spent FROM orders GROUP BY customer_id) o
+           USING (customer_id)
+    WHERE s.order_count IS DISTINCT FROM o.n OR s.total_spent IS DISTINCT FROM o.spent"""
 
 
 class Deadline:

@@ -7,6 +7,9 @@ and a part that cannot be reached (supervisord down, Kafka down) is reported, no
 from __future__ import annotations
 
 import configparser
+import hashlib
+import json
+import os
 import socket
 import time
 import xmlrpc.client
@@ -201,6 +204,31 @@ def snapshot(settings: Settings, paths: SupervisordPaths, timeout: float = PROBE
         "dlq": {"topic": settings.kafka_dlq_topic, "messages": view.dlq_letters if view is not None else None},
         "degraded": answers["degraded"],
     }
+
+
+def check_state_file(settings: Settings) -> Path:
+    """Where `--check` keeps the DLQ count of its previous run: per user (the monitoring system's),
+    per cluster and DLQ topic."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "food-orders"
+    key = hashlib.sha256(f"{settings.kafka_bootstrap_servers}/{settings.kafka_dlq_topic}".encode()).hexdigest()[:12]
+    return cache / f"check-{key}.json"
+
+
+def read_letters(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["dlq_letters"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_letters(path: Path, letters: int) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"dlq_letters": letters}))
+        tmp.replace(path)
+    except OSError:
+        pass  # growth stays unknown next time; the check itself is still right
 
 
 def log_files(paths: SupervisordPaths, name: str | None = None) -> list[Path]:

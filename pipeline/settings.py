@@ -20,6 +20,7 @@ from pipeline.errors import SettingsError
 # and PIPELINE_SUPERVISORD_CONF.
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 LogFormat = Literal["text", "json"]
 KafkaMode = Literal["zookeeper", "kraft"]
@@ -196,16 +197,7 @@ def _security(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def _int_range(lo: int, hi: int) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
-        if not lo <= value <= hi:
-            raise SettingsError(f"{name}: expected {lo}..{hi}, got {value}")
-        return value
-
-    return parse
+    return _bounded(int, "an integer", lo, hi)
 
 
 def _rate(name: str, raw: str) -> float:
@@ -228,13 +220,22 @@ def _bool(name: str, raw: str) -> bool:
 
 
 def _seconds(lo: float, hi: float) -> Callable[[str, str], float]:
-    def parse(name: str, raw: str) -> float:
+    return _bounded(float, "a number of seconds", lo, hi, unit=" seconds")
+
+
+
+def _bounded(cast: Callable[[str], N], what: str, lo: N, hi: N, unit: str = "") -> Callable[[str, str], N]:
+    """A number within lo..hi; the error names the variable, the expected form and the range."""
+
+    def parse(name: str, raw: str) -> N:
         try:
-            value = float(raw)
+            value = cast(raw)
         except ValueError:
-            raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
+            raise SettingsError(f"{name}: expected {what}, got {raw!r}") from None
         if not lo <= value <= hi:
-            raise SettingsError(f"{name}: expected {lo:g}..{hi:g} seconds, got {raw!r}")
+            shown = f"{lo:g}..{hi:g}" if isinstance(lo, float) else f"{lo}..{hi}"
+            got = repr(raw) if unit else str(value)
+            raise SettingsError(f"{name}: expected {shown}{unit}, got {got}")
         return value
 
     return parse

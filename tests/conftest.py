@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
+from loguru import logger
 
 from tests.helpers import PipelineEnv
 from tests.infra import Infra, default_backend, make_infra
@@ -129,6 +130,15 @@ def backend() -> str:
 @pytest.fixture
 def infra(backend: str, server_sets: ServerSets) -> Infra:
     return server_sets.get(backend)
+
+
+@pytest.fixture
+def log() -> Iterator[list[str]]:
+    """What loguru logs during the test, one "LEVEL message" string per line."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m).strip()), level="DEBUG", format="{level} {message}")
+    yield lines
+    logger.remove(sink)
 
 
 @pytest.fixture

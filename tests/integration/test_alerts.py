@@ -18,7 +18,6 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from loguru import logger
 
 from pipeline.alerts import Webhook, shown_url
 from pipeline.services.process import free_port
@@ -144,14 +143,6 @@ def test_a_failing_or_slow_receiver_never_stops_the_alerts(tmp_path: Path, recei
         assert sup.info()["alerts"]["statename"] == "RUNNING"
     finally:
         sup.stop()
-
-
-@pytest.fixture
-def log() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m).strip()), level="DEBUG", format="{level} {message}")
-    yield lines
-    logger.remove(sink)
 
 
 def not_http_server() -> tuple[socket.socket, str]:

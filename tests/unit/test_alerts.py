@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from loguru import logger
 
 from pipeline.alerts import Listener, Malformed, Rules, parse_header, shown_url
 
@@ -16,14 +14,6 @@ def event(name: str, payload: str) -> bytes:
     body = payload.encode()
     return f"ver:3.0 server:supervisor serial:7 pool:alerts poolserial:7 eventname:{name} len:{len(body)}\n".encode() \
         + body
-
-
-@pytest.fixture
-def log() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m).strip()), level="DEBUG", format="{level} {message}")
-    yield lines
-    logger.remove(sink)
 
 
 class Posted:

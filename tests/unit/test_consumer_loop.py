@@ -4,24 +4,13 @@ milliseconds. Time is a fake clock that the fake consumer advances when it waits
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from loguru import logger
 
 from pipeline.commits import CommitPolicy
 from pipeline.consumer_loop import LoopPolicy
 from pipeline.errors import FatalError
 from pipeline.orders import DB_REJECTED
 from tests.unit.consumer_world import P0, P1, P2, TOPIC, Crash, World
-
-
-@pytest.fixture
-def log() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m).strip()), level="DEBUG", format="{level} {message}")
-    yield lines
-    logger.remove(sink)
 
 
 @pytest.fixture
