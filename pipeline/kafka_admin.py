@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -12,7 +14,7 @@ from confluent_kafka.cimpl import NewPartitions, NewTopic
 from loguru import logger
 
 from pipeline.errors import FatalError, RetryableError
-from pipeline.logs import kafka_logger
+from pipeline.logs import KafkaErrorLog, kafka_logger
 from pipeline.settings import Settings
 
 JAVA_TOOLS = Path(__file__).resolve().parent / "java"  # package data: the Admin-API helper
@@ -21,23 +23,24 @@ _NOT_READY = {KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.NOT_CONTROLLER, 
               KafkaError.REQUEST_TIMED_OUT}
 
 
-def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({**settings.kafka_common(), "client.id": settings.client_id()}, logger=kafka_logger())
+def admin_client(settings: Settings, errors: KafkaErrorLog | None = None) -> AdminClient:
+    config: dict[str, Any] = {**settings.kafka_common(), "client.id": settings.client_id()}
+    if errors is not None:
+        config["error_cb"] = errors
+    return AdminClient(config, logger=kafka_logger())
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
     """Create the orders topic and its DLQ if missing (idempotent; safe from many processes at once)."""
-    admin = admin_client(settings)
+    errors = KafkaErrorLog()
+    admin = admin_client(settings, errors)
     wanted = [
         NewTopic(settings.kafka_topic, settings.kafka_partitions, settings.kafka_replication_factor,
                  config={"retention.ms": RETENTION_MS}),
         NewTopic(settings.kafka_dlq_topic, 1, settings.kafka_replication_factor,
                  config={"retention.ms": RETENTION_MS}),
     ]
-    try:
-        existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException as e:
-        raise RetryableError(f"Kafka unavailable while checking topics: {e}") from e
+    existing = _topics(admin, errors, timeout)
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:
         return
@@ -54,6 +57,22 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
             if err.retriable() or err.code() in _NOT_READY:  # a broker still starting up
                 raise RetryableError(f"cannot create topic {name} yet: {err.str()}") from e
             raise FatalError(f"cannot create topic {name}: {err.str()}") from e
+
+
+def _topics(admin: AdminClient, errors: KafkaErrorLog, timeout: float) -> dict[str, Any]:
+    """The cluster's topics. Asked in short rounds, so that refused credentials or ACLs end the wait
+    at once (FatalError) instead of after the whole timeout; RetryableError when Kafka does not answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            topics: dict[str, Any] = admin.list_topics(timeout=min(2.0, timeout)).topics
+            return topics
+        except KafkaException as e:
+            admin.poll(0)  # serve the error callbacks the failed request queued
+            if errors.fatal:  # retrying cannot help
+                raise FatalError(errors.fatal) from e
+            if time.monotonic() >= deadline:
+                raise RetryableError(f"Kafka unavailable while checking topics: {e}") from e
 
 
 def topic_partition_count(settings: Settings, topic: str | None = None) -> int | None:

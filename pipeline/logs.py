@@ -17,6 +17,7 @@ import traceback
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from confluent_kafka import KafkaError
 from loguru import logger
 
 if TYPE_CHECKING:
@@ -105,18 +106,42 @@ def kafka_logger() -> logging.Logger:
     return log
 
 
+# Kafka error codes (confluent_kafka.KafkaError) that retrying cannot cure, and the TLS one that may.
+_KAFKA_REFUSED = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+_KAFKA_DENIED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                 KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+_KAFKA_TLS = KafkaError._SSL
+
+
 class KafkaErrorLog:
     """`error_cb` for confluent-kafka clients: a broker outage is one warning every 30 s, not a flood;
-    a fatal client error is remembered for the owner's loop to act on."""
+    a fatal client error, refused credentials or a denial by the broker's ACLs is logged once and
+    remembered for the owner's loop to act on (exit: retrying the same credentials cannot help)."""
 
     def __init__(self) -> None:
         self.fatal: str | None = None
+        self._said: str | None = None
         self._last_warning = 0.0
 
     def __call__(self, err: Any) -> None:  # confluent_kafka.KafkaError
+        code = err.code()
         if err.fatal():
             self.fatal = f"Kafka client fatal error: {err.str()}"
-            logger.error(self.fatal)
+        elif code in _KAFKA_REFUSED:
+            # Retrying with the same credentials cannot help: exit, and let the operator fix the env file.
+            self.fatal = (f"Kafka refused this client's credentials (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD "
+                          f"in the env file): {err.str()}")
+        elif code in _KAFKA_DENIED:
+            self.fatal = (f"Kafka denies this user {err.name()}: the broker's ACLs must allow its topics and "
+                          f"group (deploy/install.sh --listen grants them on the Kafka host): {err.str()}")
         elif time.monotonic() - self._last_warning >= 30.0:
             self._last_warning = time.monotonic()
-            logger.warning("Kafka broker unavailable or erroring ({}); the client keeps retrying", err.str())
+            if code == _KAFKA_TLS:  # the broker's certificate may be renewed on its host: keep trying
+                logger.error("TLS with the broker failed ({}): check KAFKA_SSL_CA_LOCATION and the broker's "
+                             "certificate (deploy/install.sh on its host renews one that expires within 30 "
+                             "days); the client keeps retrying", err.str())
+            else:
+                logger.warning("Kafka broker unavailable or erroring ({}); the client keeps retrying", err.str())
+        if self.fatal and self.fatal != self._said:
+            self._said = self.fatal
+            logger.error(self.fatal)

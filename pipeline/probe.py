@@ -4,6 +4,8 @@
   await-ready kafka --port P           until the broker answers metadata with a controller
   await-ready supervisord --conf FILE  until supervisord answers on its socket
   await-zookeeper-release --port P     until no ZooKeeper session holds /brokers/ids/<id>
+  grant-worker --user NAME             the worker user's SCRAM credential (password from the
+                                       environment variable WORKER_KAFKA_PASSWORD) and its ACLs
 
 Each exits 0 when the condition holds, 1 with one line on stderr when the timeout passes first.
 """
@@ -11,6 +13,7 @@ Each exits 0 when the condition holds, 1 with one line on stderr when the timeou
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +52,27 @@ def await_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def grant_worker(args: argparse.Namespace) -> int:
+    """deploy/install.sh --listen: the password comes through the environment, never the command line."""
+    from confluent_kafka import KafkaException
+
+    from pipeline.access import grant_worker as grant
+    from pipeline.errors import SettingsError
+    from pipeline.settings import load_settings
+
+    password = os.environ.get("WORKER_KAFKA_PASSWORD", "")
+    if not password:
+        print("grant-worker: WORKER_KAFKA_PASSWORD is not set", file=sys.stderr)
+        return 2
+    try:
+        for line in grant(load_settings(), args.user, password):
+            print(line)
+    except (KafkaException, SettingsError) as e:
+        print(f"grant-worker: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="food-orders-server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     release.add_argument("--broker-id", type=int, default=0)
     release.add_argument("--timeout", type=float, default=30.0)
     release.set_defaults(func=await_release)
+    worker = sub.add_parser("grant-worker", help="the worker user's Kafka credential and ACLs")
+    worker.add_argument("--user", required=True, help="the Kafka user of the worker hosts")
+    worker.set_defaults(func=grant_worker)
     args = parser.parse_args(argv)
     if args.command == "await-ready" and (args.conf if args.server == "supervisord" else args.port) is None:
         parser.error(f"await-ready {args.server} needs {'--conf' if args.server == 'supervisord' else '--port'}")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from dotenv import dotenv_values
 
@@ -193,7 +193,21 @@ def _security(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     pairs += [(prop, env[var].strip()) for var, prop in _KAFKA_SECURITY_VARS.items() if env.get(var, "").strip()]
     if protocol.startswith("SASL") and not env.get("KAFKA_SASL_MECHANISM", "").strip():
         raise SettingsError("KAFKA_SASL_MECHANISM: required when KAFKA_SECURITY_PROTOCOL is SASL_*")
+    ca = env.get("KAFKA_SSL_CA_LOCATION", "").strip()
+    if ca:
+        _readable_file("KAFKA_SSL_CA_LOCATION", ca)
     return tuple(pairs)
+
+
+def _readable_file(name: str, path: str) -> None:
+    """A certificate the clients will need: missing or unreadable is one clear line now, not a TLS
+    failure retried forever later."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise SettingsError(f"{name}: cannot read {path} ({e.strerror}); a worker gets the CA certificate "
+                            "with deploy/install.sh --role worker --join BUNDLE") from None
 
 
 def _int_range(lo: int, hi: int) -> Callable[[str, str], int]:
@@ -295,5 +309,8 @@ def _bootstrap(name: str, raw: str) -> str:
 def _database_url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.path.strip("/"):
-        raise SettingsError(f"{name}: expected postgresql://user:password@host:port/database")
+        raise SettingsError(f"{name}: expected postgresql://user:password@host:port/database[?sslmode=...]")
+    root_cert = parse_qs(parts.query).get("sslrootcert", [""])[-1]
+    if root_cert and root_cert != "system":
+        _readable_file(f"{name} (sslrootcert)", root_cert)
     return raw

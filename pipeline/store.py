@@ -32,6 +32,9 @@ MIGRATION_LOCK_ID = 0x0F00D0DE5  # pg_advisory_xact_lock key: one migrator at a 
 _RETRYABLE_CLASSES = ("08", "53", "57", "40", "55", "58")
 # 22 data exception, 23 integrity constraint, 54 program limit (row too big): the row, not the DB.
 _ROW_CLASSES = ("22", "23", "54")
+# What libpq says when the server or the client's own configuration refuses this connection for good.
+_REFUSALS = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
+             "root certificate file", "server certificate for", "password is required", "no password supplied")
 
 
 COLUMNS = (
@@ -119,7 +122,11 @@ class OrderStore:
                 keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3, tcp_user_timeout=15000,
             )
         except psycopg2.Error as e:
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
+            reason = _connect_failure(e)
+            if any(refusal in reason for refusal in _REFUSALS):
+                # Retrying the same credentials cannot help: exit, and let the operator fix the env file.
+                raise FatalError(f"PostgreSQL refused this client (DATABASE_URL in the env file): {reason}") from e
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {reason}") from e
 
     def write(self, rows: Sequence[OrderRow]) -> WriteResult:
         """Store a batch in one transaction. Raises DatabaseUnavailable (nothing was committed)."""
@@ -207,30 +214,50 @@ class OrderStore:
 
 def migrate(conn: psycopg2.extensions.connection) -> list[str]:
     """Apply every migration not yet in schema_migrations, each in one transaction, serialized by an
-    advisory lock so processes starting together do not race."""
+    advisory lock so processes starting together do not race. A schema that is current needs no
+    privilege beyond reading schema_migrations: a role that may only write orders starts too."""
     files = sorted(
         (f for f in resources.files("pipeline.migrations").iterdir() if f.name.endswith(".sql")),
         key=lambda f: f.name,
     )
+    versions = [f.name.removesuffix(".sql") for f in files]
+    if not set(versions) - applied_migrations(conn):
+        return []
     applied_now: list[str] = []
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
-        cur.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        cur.execute("SELECT version FROM schema_migrations")
-        done = {v for (v,) in cur.fetchall()}
-        for f in files:
-            version = f.name.removesuffix(".sql")
-            if version in done:
-                continue
-            cur.execute(f.read_text())
-            cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
-            applied_now.append(version)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            cur.execute("SELECT version FROM schema_migrations")
+            done = {v for (v,) in cur.fetchall()}
+            for f, version in zip(files, versions, strict=True):
+                if version in done:
+                    continue
+                cur.execute(f.read_text())
+                cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                applied_now.append(version)
+    except psycopg2.errors.InsufficientPrivilege as e:
+        pending = sorted(set(versions) - applied_migrations(conn))
+        raise FatalError(f"the schema needs migrations {', '.join(pending)} and this role may not change it "
+                         f"({_first_line(e)}): run `food-orders migrate` on the database host, as the "
+                         "schema's owner") from e
     if applied_now:
         logger.info("applied migrations {}", ", ".join(applied_now))
     return applied_now
+
+
+def applied_migrations(conn: psycopg2.extensions.connection) -> set[str]:
+    """The versions recorded in schema_migrations (none when the table does not exist yet)."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        row = cur.fetchone()
+        if not row or not row[0]:
+            return set()
+        cur.execute("SELECT version FROM schema_migrations")
+        return {v for (v,) in cur.fetchall()}
 
 
 def create_database(url: str, name: str) -> str:
@@ -254,6 +281,12 @@ def _translate(e: psycopg2.Error) -> Exception:
         # No SQLSTATE means the connection itself failed (server gone, network).
         return DatabaseUnavailable(f"PostgreSQL unavailable: {e.pgcode or ''} {_first_line(e)}".strip())
     return FatalError(f"PostgreSQL error {e.pgcode}: {_first_line(e)}")
+
+
+def _connect_failure(e: BaseException) -> str:
+    """libpq's whole message on one line (it names the server, then the reason)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(e).__name__
 
 
 def _first_line(e: BaseException) -> str:

@@ -322,3 +322,21 @@ def _child_cgroups(name: str) -> list[Path]:
             base = Path("/sys/fs/cgroup") / ctrl.removeprefix("name=")
         paths.append(base / path.lstrip("/") / name)
     return paths
+
+
+def link(a: SystemdSandbox, b: SystemdSandbox, a_address: str, b_address: str, prefix: int = 24) -> None:
+    """Join two booted sandboxes (two hosts) with a veth pair: `a_address` on a's end, `b_address` on b's.
+
+    The pair is made on this side, then each end moves into its sandbox's network namespace, where it
+    is addressed and brought up; it vanishes with either namespace.
+    """
+    if a.init_pid is None or b.init_pid is None:
+        raise SandboxError("both sandboxes must be started")
+    tag = hashlib.sha256(f"{a.workdir}{b.workdir}".encode()).hexdigest()[:6]
+    ends = [(a, f"fo{tag}a", a_address), (b, f"fo{tag}b", b_address)]
+    subprocess.run(["ip", "link", "del", ends[0][1]], check=False, capture_output=True)  # a killed run's leftover
+    subprocess.run(["ip", "link", "add", ends[0][1], "type", "veth", "peer", "name", ends[1][1]], check=True)
+    for sandbox, name, address in ends:
+        subprocess.run(["ip", "link", "set", name, "netns", str(sandbox.init_pid)], check=True)
+        sandbox.run("ip", "addr", "add", f"{address}/{prefix}", "dev", name)
+        sandbox.run("ip", "link", "set", name, "up")
