@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import psycopg2
 import pytest
 
 from pipeline.batch import OrderRow
+from pipeline.errors import FatalError
 from pipeline.mockdata import OrderGenerator, new_order_id
 from pipeline.orders import Item, Order
 from pipeline.store import OrderStore
+from tests.infra import Infra
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +106,27 @@ def test_refused_rows_are_isolated_and_the_rest_is_written(database_url: str) ->
     assert all(e.detail for _, e in result.rejected)
     assert query(database_url, "SELECT count(*), (SELECT sum(order_count) FROM customer_stats) FROM orders") == [
         (62, 62)]
+
+
+@pytest.mark.needs_local_servers  # roles are made by the cluster's superuser
+def test_a_role_that_may_only_write_orders_starts_and_is_sent_to_the_owner_for_migrations(
+        infra: Infra, database_url: str) -> None:
+    OrderStore(database_url, "owner").migrate()
+    assert infra.services is not None
+    role, password = f"writer_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    parts = urlsplit(database_url)
+    database = parts.path.lstrip("/")
+    infra.services.psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    infra.services.psql(f"GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA public "
+                        f"TO {role}; GRANT INSERT, UPDATE ON orders, customer_stats TO {role}", db=database)
+    writer = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+    store = OrderStore(writer, "writer")
+    assert store.migrate() == []  # the schema is current: no DDL needed
+    assert store.write(rows(3)).inserted == 3
+    query(database_url, "DELETE FROM schema_migrations RETURNING version")  # as if a new migration had come
+    with pytest.raises(FatalError, match=r"needs migrations 0001_initial and this role may not change it .* "
+                                         r"run `food-orders migrate` on the database host"):
+        store.migrate()
+    wrong = urlunsplit(parts._replace(netloc=f"{role}:wrong@{parts.hostname}:{parts.port}"))
+    with pytest.raises(FatalError, match=r"PostgreSQL refused this client .*password authentication failed"):
+        OrderStore(wrong, "writer").migrate()

@@ -6,9 +6,10 @@ import json
 import os
 
 import pytest
+from confluent_kafka import KafkaError
 from loguru import logger
 
-from pipeline.logs import setup_logging
+from pipeline.logs import KafkaErrorLog, setup_logging
 
 
 def test_json_lines_carry_pid_process_and_order_id(capsys: pytest.CaptureFixture[str],
@@ -62,3 +63,25 @@ def test_text_exceptions_keep_loguru_multi_line_traceback(capsys: pytest.Capture
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].endswith("lookup failed") and lines[1] == "Traceback (most recent call last):", lines
     assert lines[-1] == "KeyError: 'gone'" and any("test_text_exceptions_keep" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("code, fatal_start", [
+    (KafkaError._AUTHENTICATION, "Kafka refused this client's credentials (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD"),
+    (KafkaError.SASL_AUTHENTICATION_FAILED, "Kafka refused this client's credentials"),
+    (KafkaError.GROUP_AUTHORIZATION_FAILED, "Kafka denies this user GROUP_AUTHORIZATION_FAILED: the broker's ACLs"),
+    (KafkaError.TOPIC_AUTHORIZATION_FAILED, "Kafka denies this user TOPIC_AUTHORIZATION_FAILED"),
+    (KafkaError._SSL, None),  # the broker's certificate may be renewed: keep trying
+    (KafkaError._TRANSPORT, None),
+])
+def test_kafka_errors_that_retrying_cannot_cure_are_fatal_and_said_once(
+        code: int, fatal_start: str | None, log: list[str]) -> None:
+    errors = KafkaErrorLog()
+    for _ in range(3):
+        errors(KafkaError(code, "what the client said"))
+    if fatal_start is None:
+        assert errors.fatal is None
+        assert len(log) == 1 and "keeps retrying" in log[0], log  # rate-limited: one line for three errors
+        assert log[0].startswith("ERROR TLS with the broker failed") == (code == KafkaError._SSL), log
+    else:
+        assert errors.fatal is not None and errors.fatal.startswith(fatal_start), errors.fatal
+        assert log == [f"ERROR {errors.fatal}"], log

@@ -139,3 +139,15 @@ def test_metrics_and_alert_settings() -> None:
     d = parse_settings({})
     assert (d.metrics_enabled, d.metrics_address, d.metrics_port, d.alert_webhook_url) == (True, "127.0.0.1", 9478,
                                                                                            None)
+
+
+def test_certificates_named_in_the_settings_must_be_readable(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    with pytest.raises(SettingsError, match=rf"KAFKA_SSL_CA_LOCATION: cannot read {ca} \(No such file"):
+        parse_settings({"KAFKA_SSL_CA_LOCATION": str(ca)})
+    with pytest.raises(SettingsError, match=r"DATABASE_URL \(sslrootcert\): cannot read"):
+        parse_settings({"DATABASE_URL": f"postgresql://u:p@db:5433/orders?sslmode=verify-full&sslrootcert={ca}"})
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    s = parse_settings({"KAFKA_SSL_CA_LOCATION": str(ca),
+                        "DATABASE_URL": f"postgresql://u:p@db:5433/orders?sslmode=verify-full&sslrootcert={ca}"})
+    assert s.kafka_common()["ssl.ca.location"] == str(ca)
