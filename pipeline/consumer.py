@@ -162,24 +162,31 @@ def main() -> int:
         return 2
     client_id = settings.client_id()
     store = OrderStore(settings.database_url, client_id)
-    kafka = KafkaConsumer(settings, client_id)
     policy = LoopPolicy(settings.consumer_batch_size, settings.consumer_batch_timeout_ms / 1000)
     metrics = ConsumerMetrics(process_name("consumer")) if usable_dir(settings, "consumer") else None
-    loop = ConsumerLoop(kafka, store, DeadLetterQueue(settings, client_id), policy, metrics=metrics)
+    loop: ConsumerLoop | None = None
+    stop_requested = False
 
     def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop_requested
         logger.info("{} received: finishing the current batch", signal.Signals(signum).name)
-        loop.stopping = True
+        stop_requested = True
+        if loop is not None:
+            loop.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logger.info("starting: client.id {}, group {}, instance {}, topic {}", client_id,
                 settings.consumer_group_id, settings.consumer_instance_id or "(dynamic)", settings.kafka_topic)
     try:
-        if runtime.retry(lambda: prepare(settings, store), lambda: loop.stopping):
-            loop.run()
-        else:
-            kafka.close()
+        if not runtime.retry(lambda: prepare(settings, store), lambda: stop_requested):
+            return 0
+        # The Kafka clients are made only now that the broker has answered: librdkafka reads the CA file
+        # once, so one made while TLS failed (a CA being replaced) would keep failing for good.
+        loop = ConsumerLoop(KafkaConsumer(settings, client_id), store, DeadLetterQueue(settings, client_id), policy,
+                            metrics=metrics)
+        loop.stopping = stop_requested
+        loop.run()
     except FatalError as e:
         logger.error("fatal: {}", e)
         return 1

@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import REPO, wait_for
 from tests.host.conftest import NOT_ROOT
-from tests.host.hostlib import INSTALL, orders, programs, refused, sh
+from tests.host.hostlib import INSTALL, assert_nothing_installed, orders, programs, refused, sh
 from tests.host.sandbox import SystemdSandbox, link
 
 pytestmark = pytest.mark.systemd
@@ -218,6 +218,56 @@ def test_a_wrong_password_in_the_env_file_is_one_clear_error(
              == ["RUNNING", "RUNNING"], 60, "both consumers RUNNING again")
 
 
+def test_an_expired_ca_in_a_bundle_is_refused(hosts: tuple[SystemdSandbox, SystemdSandbox]) -> None:
+    _, worker = hosts
+    ca_before = sh(worker, "sha256sum /etc/food-orders/tls/ca.pem")
+    result = worker.run("bash", "-c", f"""set -e; d=$(mktemp -d); tar -C $d -xf {BUNDLE}
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=old -keyout $d/k \\
+            -out $d/csr 2>/dev/null
+        openssl x509 -req -in $d/csr -signkey $d/k -days -1 -out $d/ca.pem 2>/dev/null
+        tar -C $d -cf /root/expired.tar worker.env ca.pem; {INSTALL} --role worker --join /root/expired.tar""",
+                        check=False, cwd="/")
+    assert result.returncode == 1, result.stdout
+    expected = "install.sh: error: --join /root/expired.tar: the CA certificate expired on"
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1, result.stderr
+    assert sh(worker, "sha256sum /etc/food-orders/tls/ca.pem") == ca_before, "a refused join changed the CA"
+
+
+def test_a_ca_that_does_not_match_keeps_the_worker_retrying_with_a_clear_line(
+        hosts: tuple[SystemdSandbox, SystemdSandbox]) -> None:
+    server, worker = hosts
+    sh(worker, "cp /etc/food-orders/tls/ca.pem /root/ca.good && openssl req -x509 -newkey ec -pkeyopt "
+               "ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=stranger -keyout /root/stranger.key "
+               "-out /etc/food-orders/tls/ca.pem 2>/dev/null && : >/var/log/food-orders/consumer_01.log && "
+               "supervisorctl restart 'consumer:*'")
+    wait_for(lambda: "certificate verify failed" in sh(worker, "cat /var/log/food-orders/consumer_01.log"), 60,
+             "the TLS failure in consumer_01's log")
+    assert "retrying" in sh(worker, "grep 'certificate verify failed' /var/log/food-orders/consumer_01.log | head -1")
+    assert programs(worker)["consumer:consumer_01"][0] == "RUNNING", "a TLS failure must not end the process"
+    before = rows_by_host(server).get("worker", 0)
+    sh(worker, "cp /root/ca.good /etc/food-orders/tls/ca.pem")  # the consumers succeed on their next try
+    wait_for(lambda: rows_by_host(server).get("worker", 0) > before + 50, 120, "the worker writing orders again")
+
+
+def test_an_expiring_server_certificate_is_renewed_by_an_install_and_workers_carry_on(
+        hosts: tuple[SystemdSandbox, SystemdSandbox]) -> None:
+    server, _ = hosts
+    tls = "/etc/food-orders/tls"
+    # A certificate of the same CA and address that ends tomorrow, where the installer looks.
+    sh(server, f"cd {tls} && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=soon "
+               f"-keyout /root/soon.key -out /root/soon.csr 2>/dev/null && echo 'subjectAltName=IP:{SERVER_IP}' "
+               f">/root/ext && openssl x509 -req -in /root/soon.csr -CA ca.pem -CAkey ca.key -days 1 "
+               f"-extfile /root/ext -out server.pem 2>/dev/null")
+    kafka_pid = server.main_pid("food-orders-kafka.service")
+    before = rows_by_host(server).get("worker", 0)
+    out = server.run(INSTALL, timeout=300).stdout  # an upgrade: --listen is kept from the env file
+    assert f"server certificate for {SERVER_IP}" in out, out
+    assert sh(server, f"openssl x509 -in {tls}/kafka.pem -noout -checkend $((800 * 86400)) >/dev/null && echo long") \
+        == "long\n"
+    assert server.main_pid("food-orders-kafka.service") != kafka_pid, "Kafka must restart to serve the new certificate"
+    wait_for(lambda: rows_by_host(server).get("worker", 0) > before + 50, 120, "the worker writing orders again")
+
+
 def test_every_order_reached_postgresql_exactly_once(hosts: tuple[SystemdSandbox, SystemdSandbox]) -> None:
     server, worker = hosts
     wait_for(lambda: rows_by_host(server).get("worker", 0) > 0 and group_members(server).get(WORKER_IP), 90,
@@ -230,3 +280,10 @@ def test_every_order_reached_postgresql_exactly_once(hosts: tuple[SystemdSandbox
     assert "verdict: OK" in remote, remote
     counts = rows_by_host(server)
     assert counts.get("worker", 0) > 0 and counts.get("host", 0) > 0, counts
+
+
+def test_purge_of_a_worker_leaves_nothing(hosts: tuple[SystemdSandbox, SystemdSandbox]) -> None:
+    _, worker = hosts
+    out = worker.run(INSTALL, "--purge", timeout=180).stdout
+    assert "purged" in out, out
+    assert_nothing_installed(worker)
