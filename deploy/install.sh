@@ -57,8 +57,7 @@ while [ $# -gt 0 ]; do
 done
 PREFIX="${PREFIX%/}"
 case "$ROLE" in server|worker|"") ;; *) die "--role must be server or worker, got '$ROLE'" ;; esac
-[ "$ROLE" = worker ] && [ -n "$LISTEN" ] && die "--listen is for the host that serves Kafka and PostgreSQL, not a worker"
-[ "$ROLE" = server ] && [ -n "$JOIN" ] && die "--join is for a worker (--role worker)"
+[ -n "$ROLE" ] || [ -z "$JOIN" ] || ROLE=worker  # --join: a worker, whatever is installed (checked below)
 if [ -n "$LISTEN" ]; then
   /usr/bin/python3 -c 'import ipaddress, sys; a = ipaddress.ip_address(sys.argv[1]); sys.exit(a.is_loopback or a.is_unspecified)' "$LISTEN" 2>/dev/null \
     || die "--listen needs this host's IP address that workers reach (not loopback, not 0.0.0.0), got '$LISTEN'"
@@ -90,17 +89,20 @@ remove() {
   rm -f /etc/profile.d/food-orders.sh /usr/local/bin/food-orders
   say "removed: units, $prefix, /usr/local/bin/food-orders, /etc/profile.d/food-orders.sh"
 }
+was_worker() { grep -qs '^PIPELINE_ROLE=worker$' "$ETC/food-orders.env"; }
+users="users $APP_USER, $KAFKA_USER"; was_worker && users="user $APP_USER"
 if [ "$MODE" = remove ]; then
   remove
-  say "kept: $ETC (configuration, database password, consumer count), $LIB (data), $LOG (logs), users $APP_USER, $KAFKA_USER"
+  say "kept: $ETC (configuration, passwords, consumer count), $LIB (data), $LOG (logs), $users"
   exit 0
 fi
 if [ "$MODE" = purge ]; then
   say "purge deletes, after removing the units and code:"
   for d in "$LIB" "$LOG" "$ETC"; do
-    [ -e "$d" ] && say "  $d ($(du -sh "$d" 2>/dev/null | cut -f1): $(case $d in "$LIB") echo "Kafka topics, ZooKeeper, the PostgreSQL cluster with every order" ;; "$LOG") echo logs ;; *) echo "configuration, database password, consumer count" ;; esac))"
+    data="Kafka topics, ZooKeeper, the PostgreSQL cluster with every order"; was_worker && data="the programs' state"
+    [ -e "$d" ] && say "  $d ($(du -sh "$d" 2>/dev/null | cut -f1): $(case $d in "$LIB") echo "$data" ;; "$LOG") echo logs ;; *) echo "configuration, passwords, consumer count" ;; esac))"
   done
-  say "  users $APP_USER and $KAFKA_USER, group $APP_USER"
+  say "  $users, group $APP_USER"
   remove
   rm -rf "$LIB" "$LOG" "$ETC"
   for u in "$APP_USER" "$KAFKA_USER"; do id "$u" >/dev/null 2>&1 && userdel "$u" 2>/dev/null; done
@@ -121,6 +123,8 @@ installed_role="$(env_value PIPELINE_ROLE server)"
 [ -n "$ROLE" ] || ROLE="${installed_role:-server}"
 [ -z "$installed_role" ] || [ "$installed_role" = "$ROLE" ] \
   || die "this host is installed with --role $installed_role; to make it a $ROLE, run --purge first (it deletes its data)"
+[ "$ROLE" = worker ] && [ -n "$LISTEN" ] && die "--listen is for the host that serves Kafka and PostgreSQL, not a worker"
+[ "$ROLE" = server ] && [ -n "$JOIN" ] && die "--join is for a worker (--role worker)"
 [ -n "$LISTEN" ] || [ "$ROLE" = worker ] || LISTEN="$(env_value PIPELINE_LISTEN_ADDRESS '')"
 if [ "$ROLE" = worker ] && [ -z "$JOIN" ] && [ ! -f "$ETC/food-orders.env" ]; then
   die "a worker needs --join BUNDLE: worker-bundle.tar from the Kafka host (install.sh --listen ADDRESS writes it)"
@@ -191,6 +195,9 @@ else
     for key in KAFKA_BOOTSTRAP_SERVERS KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD DATABASE_URL; do
       grep -q "^$key=." "$BUNDLE/worker.env" || die "--join $JOIN: worker.env has no $key"
     done
+    # Static group membership names each consumer {hostname}-consumer_NN: two hosts of one name fence each other.
+    source_host="$(sed -n 's/^# food-orders worker settings from \([^ ]*\) .*/\1/p' "$BUNDLE/worker.env")"
+    [ "$source_host" != "$(hostname)" ] || die "--join $JOIN: this host is named $(hostname), like the Kafka host: give each host its own hostname (consumers are known to the group by it)"
   fi
 fi
 
@@ -213,7 +220,7 @@ import os, string, sys
 text = open(sys.argv[1]).read()
 hardening = open(os.environ["R_HARDENING"]).read().split("\n", 1)[1].strip()
 for key in ("PREFIX", "ZK_PORT", "KAFKA_PORT", "PG_PORT", "PG_BIN", "PG_LISTEN", "PG_TLS", "SERVER_UNITS",
-            "TARGET_UNITS", "PRODUCER_AUTOSTART"):
+            "TARGET_UNITS", "PRODUCER_AUTOSTART", "NETWORK_ONLINE"):
     text = text.replace(f"@{key}@", os.environ[f"R_{key}"])
 text = text.replace("@HARDENING@", hardening)
 values = {"data_dir": os.environ.get("R_DATA_DIR", ""), "zookeeper_port": os.environ["R_ZK_PORT"],
@@ -227,10 +234,11 @@ if [ "$ROLE" = server ]; then
   ROLE_SERVICES=("${SERVICES[@]}")
   server_units="food-orders-kafka.service food-orders-postgresql.service"; producer_autostart=true
   pg_listen="127.0.0.1${LISTEN:+,$LISTEN}"
+  network_online="${LISTEN:+network-online.target}"  # the address to listen on must exist first
   pg_tls="${LISTEN:+ -c ssl=on -c ssl_cert_file=$TLS/postgresql.pem -c ssl_key_file=$TLS/postgresql.key -c ssl_min_protocol_version=TLSv1.2}"
 else
   ROLE_SERVICES=(food-orders.service)
-  server_units=""; producer_autostart=false; pg_listen=""; pg_tls=""
+  server_units=""; producer_autostart=false; pg_listen=""; pg_tls=""; network_online=network-online.target
   ZK_PORT="" KAFKA_PORT="" PG_PORT="" PG_BIN=""
 fi
 merge_env() {  # merge_env BASE OVERRIDES: BASE with each KEY=VALUE of OVERRIDES set where it stands (else appended)
@@ -259,9 +267,9 @@ server_tls() {  # the host's CA and the servers' certificate for --listen, made 
     rm -f "$TLS/server.pem"  # signed by the old CA
     say "    made the CA $TLS/ca.pem (10 years): worker hosts need the new bundle"
   fi
-  local names; names="$(openssl x509 -in "$TLS/server.pem" -noout -ext subjectAltName 2>/dev/null || true)"
+  local match; match="$(openssl x509 -in "$TLS/server.pem" -noout -checkip "$LISTEN" 2>/dev/null || true)"
   if openssl x509 -in "$TLS/server.pem" -noout -checkend "$RENEW_S" >/dev/null 2>&1 \
-     && grep -qE "IP Address:$LISTEN(,|\$)" <<<"$names"; then
+     && [ "$match" = "IP $LISTEN does match certificate" ]; then
     return 0
   fi
   printf 'subjectAltName=IP:%s,DNS:%s\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\nbasicConstraints=CA:FALSE\n' \
@@ -281,7 +289,7 @@ server_tls() {  # the host's CA and the servers' certificate for --listen, made 
 export R_PREFIX="$PREFIX" R_ZK_PORT="$ZK_PORT" R_KAFKA_PORT="$KAFKA_PORT" R_PG_PORT="$PG_PORT" R_PG_BIN="$PG_BIN" \
        R_HARDENING="$REPO/deploy/systemd/hardening.conf" R_LISTEN="$LISTEN" R_EXTERNAL_PORT="$EXTERNAL_PORT" \
        R_PG_LISTEN="$pg_listen" R_PG_TLS="$pg_tls" R_SERVER_UNITS="$server_units" \
-       R_TARGET_UNITS="${ROLE_SERVICES[*]}" R_PRODUCER_AUTOSTART="$producer_autostart"
+       R_TARGET_UNITS="${ROLE_SERVICES[*]}" R_PRODUCER_AUTOSTART="$producer_autostart" R_NETWORK_ONLINE="$network_online"
 TMP="$(mktemp -d)"; trap 'rm -rf "$TMP" "${BUNDLE:-}"' EXIT
 
 if [ "$ROLE" = server ]; then
@@ -486,13 +494,15 @@ if [ -n "$LISTEN" ]; then
   say "==> worker hosts: Kafka on $LISTEN:$EXTERNAL_PORT (SASL_SSL), PostgreSQL on $LISTEN:$PG_PORT (TLS)"
   secrets="$ETC/worker-credentials.env"  # the worker passwords, kept from install to install
   if [ ! -s "$secrets" ]; then
-    (umask 077; printf 'WORKER_KAFKA_PASSWORD=%s\nWORKER_DB_PASSWORD=%s\n' \
-      "$(/usr/bin/python3 -c 'import secrets; print(secrets.token_urlsafe(24))')" \
-      "$(/usr/bin/python3 -c 'import secrets; print(secrets.token_urlsafe(24))')" >"$secrets")
+    kafka_pw="$(/usr/bin/python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+    db_pw="$(/usr/bin/python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+    [ ${#kafka_pw} -ge 32 ] && [ ${#db_pw} -ge 32 ] || die "could not generate the worker passwords"
+    (umask 077; printf 'WORKER_KAFKA_PASSWORD=%s\nWORKER_DB_PASSWORD=%s\n' "$kafka_pw" "$db_pw" >"$secrets")
   fi
   chmod 0600 "$secrets"; chown root:root "$secrets"
   WORKER_KAFKA_PASSWORD="$(sed -n 's/^WORKER_KAFKA_PASSWORD=//p' "$secrets")"
   WORKER_DB_PASSWORD="$(sed -n 's/^WORKER_DB_PASSWORD=//p' "$secrets")"
+  [ -n "$WORKER_KAFKA_PASSWORD" ] && [ -n "$WORKER_DB_PASSWORD" ] || die "$secrets lacks a password: delete it and install again (workers then need the new bundle)"
   # Migrations run as the schema's owner, here; the worker role may write orders, never change the schema.
   (cd / && runuser -u "$APP_USER" -- "$PREFIX/bin/food-orders" migrate >/dev/null) || die "migrations failed: $PREFIX/bin/food-orders migrate"
   export PGPASSWORD_WORKER="$WORKER_DB_PASSWORD"
@@ -503,7 +513,8 @@ SELECT format('CREATE ROLE %I LOGIN', :'role') WHERE NOT EXISTS (SELECT 1 FROM p
 SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L', :'role', :'pass') \gexec
 SELECT format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', :'db', :'role') \gexec
 SELECT format('GRANT USAGE ON SCHEMA public TO %I', :'role') \gexec
-SELECT format('REVOKE CREATE ON SCHEMA public FROM %I', :'role') \gexec
+SELECT format('GRANT USAGE, CREATE ON SCHEMA public TO %I', :'owner') \gexec
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 SELECT format('GRANT SELECT ON ALL TABLES IN SCHEMA public TO %I', :'role') \gexec
 SELECT format('GRANT INSERT, UPDATE ON orders, customer_stats TO %I', :'role') \gexec
 SELECT format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA public GRANT SELECT ON TABLES TO %I', :'owner', :'role') \gexec

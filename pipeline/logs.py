@@ -127,7 +127,8 @@ class KafkaErrorLog:
         code = err.code()
         if err.fatal():
             self.fatal = f"Kafka client fatal error: {err.str()}"
-        elif code in _KAFKA_REFUSED:
+        elif code in _KAFKA_REFUSED and "Authentication failed" in err.str():
+            # Only the broker's verdict: a SASL exchange cut by a broker restart is _AUTHENTICATION too.
             # Retrying with the same credentials cannot help: exit, and let the operator fix the env file.
             self.fatal = (f"Kafka refused this client's credentials (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD "
                           f"in the env file): {err.str()}")

@@ -32,9 +32,11 @@ MIGRATION_LOCK_ID = 0x0F00D0DE5  # pg_advisory_xact_lock key: one migrator at a 
 _RETRYABLE_CLASSES = ("08", "53", "57", "40", "55", "58")
 # 22 data exception, 23 integrity constraint, 54 program limit (row too big): the row, not the DB.
 _ROW_CLASSES = ("22", "23", "54")
-# What libpq says when the server or the client's own configuration refuses this connection for good.
-_REFUSALS = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
-             "root certificate file", "server certificate for", "password is required", "no password supplied")
+# What PostgreSQL answers when it refuses this client for good (SQLSTATE 28P01, 28000, 3D000 and a
+# missing role; libpq has no SQLSTATE for them), or libpq when the URL has no password. TLS problems
+# (a CA file being replaced, a certificate being renewed) are retried like an outage.
+_REFUSALS = re.compile(r'password authentication failed|no pg_hba\.conf entry|database ".*" does not exist'
+                       r'|role ".*" does not exist|no password supplied|password is required')
 
 
 COLUMNS = (
@@ -123,7 +125,7 @@ class OrderStore:
             )
         except psycopg2.Error as e:
             reason = _connect_failure(e)
-            if any(refusal in reason for refusal in _REFUSALS):
+            if _REFUSALS.search(reason):
                 # Retrying the same credentials cannot help: exit, and let the operator fix the env file.
                 raise FatalError(f"PostgreSQL refused this client (DATABASE_URL in the env file): {reason}") from e
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {reason}") from e

@@ -68,6 +68,7 @@ def test_bad_input_is_refused_with_one_line(hosts: tuple[SystemdSandbox, Systemd
     server, worker = hosts
     refused(worker, f"{INSTALL} --role worker", "a worker needs --join BUNDLE")
     refused(worker, f"{INSTALL} --role worker --join /nonexistent.tar", "no such file")
+    refused(worker, f"{INSTALL} --join /nonexistent.tar", "no such file")  # --join alone means a worker
     refused(worker, f"echo x >/tmp/x && tar -C /tmp -cf /tmp/bad.tar x && {INSTALL} --role worker --join /tmp/bad.tar",
             "not a worker bundle")
     refused(worker, f"{INSTALL} --role worker --listen {WORKER_IP}", "--listen is for the host that serves")
@@ -93,6 +94,8 @@ def test_the_server_listens_for_workers_only_with_tls_and_passwords(
     assert {a for a in listening if a.startswith(SERVER_IP)} == {f"{SERVER_IP}:9094", f"{SERVER_IP}:5433"}, listening
     assert {"127.0.0.1:2181", "127.0.0.1:9092", "127.0.0.1:9478"} <= listening, listening
     assert all(a.startswith(("127.", "[::1]", SERVER_IP)) for a in listening), f"a wildcard listener: {listening}"
+    again = server.run(INSTALL, timeout=300).stdout  # --listen is remembered; certificates, passwords kept
+    assert "nothing changed" in again and "server certificate" not in again, again
     sh(server, f"sed -i 's/^PRODUCER_RATE=.*/PRODUCER_RATE=200/' {ENV_FILE} && supervisorctl restart producer")
     wait_for(lambda: orders(server) > 200, 60, "orders flowing on the server")
 
@@ -115,6 +118,10 @@ def test_a_worker_joins_and_the_partitions_spread_across_both_hosts(
     spread = group_members(server)
     assert sorted(p for parts in spread.values() for p in parts) == [0, 1, 2], spread
     wait_for(lambda: rows_by_host(server).get("worker", 0) > 50, 60, "orders written by the worker's consumers")
+    again = worker.run(INSTALL, timeout=300).stdout  # an upgrade of a worker: its role and settings are kept
+    assert "nothing changed" in again, again
+    listen = worker.run(INSTALL, "--listen", WORKER_IP, check=False, cwd="/")
+    assert listen.returncode == 1 and "--listen is for the host that serves" in listen.stderr, listen.stderr
 
 
 CLIENTS = """
@@ -236,17 +243,24 @@ def test_an_expired_ca_in_a_bundle_is_refused(hosts: tuple[SystemdSandbox, Syste
 def test_a_ca_that_does_not_match_keeps_the_worker_retrying_with_a_clear_line(
         hosts: tuple[SystemdSandbox, SystemdSandbox]) -> None:
     server, worker = hosts
-    sh(worker, "cp /etc/food-orders/tls/ca.pem /root/ca.good && openssl req -x509 -newkey ec -pkeyopt "
-               "ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=stranger -keyout /root/stranger.key "
-               "-out /etc/food-orders/tls/ca.pem 2>/dev/null && : >/var/log/food-orders/consumer_01.log && "
+    good = sh(worker, f"cat {ENV_FILE}")
+    # PostgreSQL verifies against a copy; the file Kafka's clients read becomes a stranger's CA.
+    worker.run("bash", "-c", f"cat >{ENV_FILE}", input=good.replace("sslrootcert=/etc/food-orders/tls/ca.pem",
+                                                                   "sslrootcert=/etc/food-orders/tls/pg-ca.pem"))
+    sh(worker, "cd /etc/food-orders/tls && cp ca.pem pg-ca.pem && cp ca.pem /root/ca.good && openssl req -x509 "
+               "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=stranger "
+               "-keyout /root/stranger.key -out ca.pem 2>/dev/null && : >/var/log/food-orders/consumer_01.log && "
                "supervisorctl restart 'consumer:*'")
-    wait_for(lambda: "certificate verify failed" in sh(worker, "cat /var/log/food-orders/consumer_01.log"), 60,
+    wait_for(lambda: "TLS with the broker failed" in sh(worker, "cat /var/log/food-orders/consumer_01.log"), 60,
              "the TLS failure in consumer_01's log")
-    assert "retrying" in sh(worker, "grep 'certificate verify failed' /var/log/food-orders/consumer_01.log | head -1")
+    line = sh(worker, "grep -m1 'TLS with the broker failed' /var/log/food-orders/consumer_01.log")
+    assert "certificate verify failed" in line and "keeps retrying" in line, line
     assert programs(worker)["consumer:consumer_01"][0] == "RUNNING", "a TLS failure must not end the process"
     before = rows_by_host(server).get("worker", 0)
     sh(worker, "cp /root/ca.good /etc/food-orders/tls/ca.pem")  # the consumers succeed on their next try
     wait_for(lambda: rows_by_host(server).get("worker", 0) > before + 50, 120, "the worker writing orders again")
+    worker.run("bash", "-c", f"cat >{ENV_FILE}", input=good)
+    sh(worker, "rm /etc/food-orders/tls/pg-ca.pem && supervisorctl restart 'consumer:*'")
 
 
 def test_an_expiring_server_certificate_is_renewed_by_an_install_and_workers_carry_on(

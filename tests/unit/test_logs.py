@@ -65,19 +65,26 @@ def test_text_exceptions_keep_loguru_multi_line_traceback(capsys: pytest.Capture
     assert lines[-1] == "KeyError: 'gone'" and any("test_text_exceptions_keep" in line for line in lines), lines
 
 
-@pytest.mark.parametrize("code, fatal_start", [
-    (KafkaError._AUTHENTICATION, "Kafka refused this client's credentials (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD"),
-    (KafkaError.SASL_AUTHENTICATION_FAILED, "Kafka refused this client's credentials"),
-    (KafkaError.GROUP_AUTHORIZATION_FAILED, "Kafka denies this user GROUP_AUTHORIZATION_FAILED: the broker's ACLs"),
-    (KafkaError.TOPIC_AUTHORIZATION_FAILED, "Kafka denies this user TOPIC_AUTHORIZATION_FAILED"),
-    (KafkaError._SSL, None),  # the broker's certificate may be renewed: keep trying
-    (KafkaError._TRANSPORT, None),
+REFUSED = "SASL authentication error: Authentication failed during authentication due to invalid credentials"
+
+
+@pytest.mark.parametrize("code, said, fatal_start", [
+    (KafkaError._AUTHENTICATION, REFUSED,
+     "Kafka refused this client's credentials (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD"),
+    (KafkaError.SASL_AUTHENTICATION_FAILED, REFUSED, "Kafka refused this client's credentials"),
+    # A SASL exchange cut by a broker restart: not a verdict on the credentials, so retried.
+    (KafkaError._AUTHENTICATION, "SASL handshake failed: Local: Broker transport failure", None),
+    (KafkaError.GROUP_AUTHORIZATION_FAILED, "denied",
+     "Kafka denies this user GROUP_AUTHORIZATION_FAILED: the broker's ACLs"),
+    (KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied", "Kafka denies this user TOPIC_AUTHORIZATION_FAILED"),
+    (KafkaError._SSL, "certificate verify failed", None),  # the broker's certificate may be renewed: keep trying
+    (KafkaError._TRANSPORT, "connection refused", None),
 ])
 def test_kafka_errors_that_retrying_cannot_cure_are_fatal_and_said_once(
-        code: int, fatal_start: str | None, log: list[str]) -> None:
+        code: int, said: str, fatal_start: str | None, log: list[str]) -> None:
     errors = KafkaErrorLog()
     for _ in range(3):
-        errors(KafkaError(code, "what the client said"))
+        errors(KafkaError(code, said))
     if fatal_start is None:
         assert errors.fatal is None
         assert len(log) == 1 and "keeps retrying" in log[0], log  # rate-limited: one line for three errors
