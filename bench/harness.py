@@ -26,6 +26,8 @@ from rich.table import Table
 from bench import ceilings, chart, phases, sysinfo
 from bench.context import Bench, Sizes
 from bench.infra import REPO, private_infra
+from bench.peers import run as peers
+from bench.peers.install import PeerSetupError
 
 RESULTS = REPO / "bench" / "results"
 TARGETS = {
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consumer-module", default="pipeline.consumer",
                    help="module run as the pipeline consumer (A/B-test a variant; default pipeline.consumer)")
     p.add_argument("--keep-state", action="store_true", help="keep the servers' temp dir (logs) after the run")
+    peers.add_arguments(p)
     return p
 
 
@@ -246,10 +249,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=132)
     try:
-        run(args, console)
+        if peers.wanted(args):
+            peers.run_peers(args, console)
+        else:
+            run(args, console)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]; servers stopped")
         return 130
+    except PeerSetupError as e:  # one line: what is missing or could not be downloaded
+        console.print(f"[red]bench --peers:[/] {e}", soft_wrap=True)
+        return 1
     except Exception as e:  # noqa: BLE001 - one line for the operator, the trace for the developer
         console.print(f"[red]bench failed:[/] {e}")
         traceback.print_exc(file=sys.stderr)
