@@ -402,14 +402,14 @@ def table_rows(runs: dict[str, Result]) -> list[dict[str, Any]]:
         one = pipes.get("pipeline_1")
         best_key = max(pipes, key=lambda k: pipes[k]["rate_after_first_row"] or 0)
         if one is not None:
-            rows.append(_row("food-orders pipeline, 1 consumer", "pipeline_1", one))
+            rows.append(_row("pipeline, 1 consumer", "pipeline_1", one))
         if best_key != "pipeline_1" or one is None:
             best = pipes[best_key]
-            rows.append(_row(f"food-orders pipeline, best N ({best['processes']} consumers)", best_key, best))
+            rows.append(_row(f"pipeline, best N = {best['processes']} consumers", best_key, best))
         else:
-            rows.append(_row("food-orders pipeline, best N (1 consumer)", best_key, pipes[best_key]))
+            rows.append(_row("pipeline, best N = 1 consumer", best_key, pipes[best_key]))
     if "connect" in runs:
-        rows.append(_row("Kafka Connect 3.9.2 + Debezium JDBC sink", "connect", runs["connect"]))
+        rows.append(_row("Kafka Connect + Debezium JDBC sink", "connect", runs["connect"]))
     if "quix" in runs:
         rows.append(_row("Quix Streams + PostgreSQLSink", "quix", runs["quix"]))
     return rows
@@ -428,7 +428,7 @@ def peers_table(results: dict[str, Any]) -> Table:
     n = results["sizes"]["orders"]
     label = "SMOKE: tiny sizes, not a measurement" if results["mode"] == "peers-smoke" else "full run"
     t = Table(title=f"draining {n:,} orders into PostgreSQL ({label})")
-    t.add_column("sink")
+    t.add_column("sink", no_wrap=True)
     t.add_column("orders/s\nstart to last row", justify="right")
     t.add_column("orders/s\nafter first row", justify="right")
     t.add_column("start-up s", justify="right")
