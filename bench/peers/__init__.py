@@ -6,6 +6,7 @@ PostgreSQL sink, and this pipeline with 1 and N consumers. One table compares th
 
 - `install`: the peers' downloads (Maven, pip), made only when the peers are asked for;
 - `topics`: the orders read back from the topic, and their re-encoding for Kafka Connect;
+- `watch`: when a drain's first and last rows became visible (committed);
 - `meter`: CPU of a sink's process tree and of the PostgreSQL backends that serve it;
 - `connect`, `quix`: how each peer is configured and started (`quix_sink.py` runs in the peers'
   own virtualenv, never in the project's);
