@@ -39,11 +39,14 @@ CONTAINERS_SUBSET = (
     "tests/integration/test_infra.py::test_produce_and_consume_round_trip",
 )
 NEEDS_LOCAL = "needs_local_servers"
+PEERS = "peers"  # downloads the benchmark's peers (Kafka Connect, Quix Streams): opt-in
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{NEEDS_LOCAL}: stops or inspects the local servers; deselected under "
                                        "the testcontainers backend (calls of infra.server() are found by themselves)")
+    config.addinivalue_line("markers", f"{PEERS}: downloads the benchmark's peers; deselected unless "
+                                       "PIPELINE_TEST_PEERS=1 (bin/test never downloads them)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -58,8 +61,10 @@ def in_containers_subset(nodeid: str) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect (not skip: they are not counted) the tests that need local servers, where the servers
-    are containers."""
-    gone = [item for item in items if _backend_of(item) == "testcontainers" and _needs_local_servers(item)]
+    are containers, and the peers' test unless asked for."""
+    peers = os.environ.get("PIPELINE_TEST_PEERS") == "1"
+    gone = [item for item in items if (_backend_of(item) == "testcontainers" and _needs_local_servers(item))
+            or (item.get_closest_marker(PEERS) is not None and not peers)]
     if gone:
         config.hook.pytest_deselected(items=gone)
         items[:] = [item for item in items if item not in gone]

@@ -10,7 +10,6 @@ About 30 s once the peers are installed (plus the servers' start when run alone)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,7 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.needs_local_servers,  # CPU accounting reads the local servers' processes
-    pytest.mark.skipif(os.environ.get("PIPELINE_TEST_PEERS") != "1",
-                       reason="downloads the peers: run with PIPELINE_TEST_PEERS=1 (docs/benchmarks.md, Peers)"),
+    pytest.mark.peers,  # deselected unless PIPELINE_TEST_PEERS=1 (tests/conftest.py): it downloads the peers
 ]
 
 
