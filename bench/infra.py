@@ -85,15 +85,7 @@ class BenchInfra:
 
     def stop_all(self, timeout: float = 30.0) -> None:
         """SIGTERM every benchmark subprocess still running, SIGKILL what does not exit in time."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(self.procs, timeout)
         self.procs.clear()
 
     def create_topic(self, name: str, partitions: int = 3) -> None:
@@ -118,3 +110,18 @@ def private_infra(keep_state: bool = False) -> Iterator[BenchInfra]:
             yield infra
         finally:
             infra.stop_all()
+
+
+def stop(procs: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> list[int]:
+    """SIGTERM every process still running, SIGKILL what does not exit within `timeout`; the exit codes."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait(10))
+    return codes

@@ -20,6 +20,7 @@ from bench.context import (
     Result,
     rate,
 )
+from bench.infra import stop
 from bench.measure import (
     CpuMeter,
     RowCounter,
@@ -136,16 +137,7 @@ def _drain(b: Bench, label: str, module: str, processes: int, target: int, extra
             while proc.poll() is None and time.monotonic() < deadline and "starting:" not in log.read_text(
                     errors="replace"):
                 time.sleep(0.05)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    codes = []
-    for proc in procs:
-        try:
-            codes.append(proc.wait(60))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            codes.append(proc.wait(10))
+    codes = stop(procs)
     span = row_span(url)
     n_writers, all_active = all_active_rate(url)
     per_writer = writers(url)

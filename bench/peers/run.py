@@ -9,9 +9,10 @@
    `orders` table of our migrations, `customer_stats` dropped: the peers maintain no aggregate);
 5. one table, and `bench/results/[smoke-]peers-<date>-<host>.json`.
 
-Every drain is measured the same way: from its process start to the last row (rows' `processed_at`, the
-writing transaction's `now()`, same clock), CPU of the sink's process tree and of the PostgreSQL backends
-serving it (`meter`) up to the moment all rows were counted, and the rows checked against the topic.
+Every drain is measured the same way: from its process start to the last row seen committed (`watch`,
+one clock for every sink), CPU of the sink's process tree and of the PostgreSQL backends serving it
+(`meter`) up to the moment all rows were counted, and the rows checked against the topic. The table
+and the results file: `report`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,22 +32,21 @@ from urllib.parse import urlsplit
 import psycopg2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from bench import phases, sysinfo
 from bench.context import ORDERS_TOPIC, Bench, Result, Sizes, rate
-from bench.infra import REPO, BenchInfra, private_infra
+from bench.infra import BenchInfra, private_infra, stop
 from bench.measure import CpuMeter, RowCounter, row_span, wait_for
 from bench.peers import install
 from bench.peers.connect import ConnectOptions, start_connect
 from bench.peers.install import ConnectInstall
 from bench.peers.meter import SinkMeter
 from bench.peers.quix import QuixOptions, start_quix
+from bench.peers.report import output_path, peers_table, table_rows
 from bench.peers.topics import Expected, expected_of, read_topic, reencode_for_connect
 from bench.peers.watch import RowWatcher, Sighting
 from pipeline.store import OrderStore
 
-RESULTS = REPO / "bench" / "results"
 PEERS = ("pipeline", "connect", "quix")
 SMOKE_ORDERS = 2_000
 SMOKE_CONSUMERS = (1, 2)
@@ -204,20 +202,6 @@ def _meter(b: Bench, roots: Callable[[], list[int]]) -> SinkMeter:
     return SinkMeter(roots, b.infra.services.postgres().pid(), urlsplit(b.infra.database_url).port)
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> list[int]:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    codes = []
-    for proc in procs:
-        try:
-            codes.append(proc.wait(60))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            codes.append(proc.wait(10))
-    return codes
-
-
 def peer_database(b: Bench, label: str) -> str:
     """A fresh database with our schema (migrations), `customer_stats` dropped: the table the peers fill
     is the one our consumer fills, and no peer maintains an aggregate."""
@@ -259,7 +243,7 @@ def drain_peer(b: Bench, label: str, expected: Expected, start: Callable[[str], 
         meter.stop()
         watcher.stop()
         counter.close()
-        codes = _stop(procs)
+        codes = stop(procs)
     if got < expected.orders:
         raise RuntimeError(f"{label}: {got} of {expected.orders} rows after {timeout:.0f}s\n"
                            f"{b.infra.log_tail(label + '-1') or b.infra.log_tail(label)}")
@@ -383,64 +367,3 @@ def run_peers(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         raise RuntimeError(f"rows not correct for {', '.join(wrong)} (details in {path})")
     console.print(f"wrote {path} in {results['total_seconds']:.0f}s")
     return results
-
-
-def output_path(out: Path | None, smoke: bool, day: str) -> Path:
-    directory = out or RESULTS
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"{'smoke-' if smoke else ''}peers-{day}-{socket.gethostname()}.json"
-
-
-# -- the table ---------------------------------------------------------------------------------------------
-
-
-def table_rows(runs: dict[str, Result]) -> list[dict[str, Any]]:
-    """The rows of the comparison: pipeline with 1 consumer and with its best N, then each peer."""
-    rows = []
-    pipes = {k: v for k, v in runs.items() if k.startswith("pipeline_")}
-    if pipes:
-        one = pipes.get("pipeline_1")
-        best_key = max(pipes, key=lambda k: pipes[k]["rate_after_first_row"] or 0)
-        if one is not None:
-            rows.append(_row("pipeline, 1 consumer", "pipeline_1", one))
-        if best_key != "pipeline_1" or one is None:
-            best = pipes[best_key]
-            rows.append(_row(f"pipeline, best N = {best['processes']} consumers", best_key, best))
-        else:
-            rows.append(_row("pipeline, best N = 1 consumer", best_key, pipes[best_key]))
-    if "connect" in runs:
-        rows.append(_row("Kafka Connect + Debezium JDBC sink", "connect", runs["connect"]))
-    if "quix" in runs:
-        rows.append(_row("Quix Streams + PostgreSQLSink", "quix", runs["quix"]))
-    return rows
-
-
-def _row(name: str, key: str, r: Result) -> dict[str, Any]:
-    return {"sink": name, "run": key, "orders_per_s_start_to_last_row": r["rate_start_to_last_row"],
-            "orders_per_s_after_first_row": r["rate_after_first_row"], "startup_s": r["startup_seconds"],
-            "sink_cpu_s": r["sink_cpu_s"], "postgres_cpu_s": r["postgres_backends_cpu_s"],
-            "rows_correct": r["check"]["correct"] and r["check"].get("same_content") is not False,
-            "rows": r["check"]["rows"],
-            "other_load_pct": r["cpu_s"].get("foreign_pct")}
-
-
-def peers_table(results: dict[str, Any]) -> Table:
-    n = results["sizes"]["orders"]
-    label = "SMOKE: tiny sizes, not a measurement" if results["mode"] == "peers-smoke" else "full run"
-    t = Table(title=f"draining {n:,} orders into PostgreSQL ({label})")
-    t.add_column("sink", no_wrap=True)
-    t.add_column("orders/s\nstart to last row", justify="right")
-    t.add_column("orders/s\nafter first row", justify="right")
-    t.add_column("start-up s", justify="right")
-    t.add_column("sink CPU s", justify="right")
-    t.add_column("PostgreSQL\nCPU s", justify="right")
-    t.add_column("rows correct")
-    t.add_column("other load", justify="right")
-    for row in results["table"]:
-        after = row["orders_per_s_after_first_row"]
-        pg = row["postgres_cpu_s"]
-        correct = f"[green]yes[/] ({row['rows']:,})" if row["rows_correct"] else f"[red]NO[/] ({row['rows']:,})"
-        t.add_row(row["sink"], f"{row['orders_per_s_start_to_last_row']:,.0f}",
-                  "-" if after is None else f"{after:,.0f}", f"{row['startup_s']:.2f}", f"{row['sink_cpu_s']:.2f}",
-                  "-" if pg is None else f"{pg:.2f}", correct, f"{row['other_load_pct'] or 0:.0f}%")
-    return t
