@@ -282,6 +282,23 @@ def test_an_expiring_server_certificate_is_renewed_by_an_install_and_workers_car
     wait_for(lambda: rows_by_host(server).get("worker", 0) > before + 50, 120, "the worker writing orders again")
 
 
+def test_kill_9_of_every_process_on_the_worker_is_repaired(hosts: tuple[SystemdSandbox, SystemdSandbox]) -> None:
+    server, worker = hosts
+    for program in ("consumer:consumer_01", "metrics", "alerts"):  # supervisord restarts its programs
+        _, pid = programs(worker)[program]
+        worker.run("kill", "-KILL", str(pid))
+        wait_for(lambda p=program, k=pid: programs(worker).get(p, ("", 0))[0] == "RUNNING"  # type: ignore[misc]
+                 and programs(worker)[p][1] != k, 30, f"{program} restarted by supervisord")
+    supervisord = worker.main_pid("food-orders.service")
+    worker.run("kill", "-KILL", str(supervisord))  # systemd restarts supervisord, and with it the programs
+    wait_for(lambda: worker.main_pid("food-orders.service") not in (0, supervisord)
+             and worker.unit_state("food-orders.service") == "active", 60, "food-orders.service restarted")
+    wait_for(lambda: [state for name, (state, _) in programs(worker).items() if name.startswith("consumer:")]
+             == ["RUNNING", "RUNNING"], 60, "both consumers RUNNING after supervisord's restart")
+    before = rows_by_host(server).get("worker", 0)
+    wait_for(lambda: rows_by_host(server).get("worker", 0) > before + 50, 120, "the worker writing orders again")
+
+
 def test_every_order_reached_postgresql_exactly_once(hosts: tuple[SystemdSandbox, SystemdSandbox]) -> None:
     server, worker = hosts
     wait_for(lambda: rows_by_host(server).get("worker", 0) > 0 and group_members(server).get(WORKER_IP), 90,
