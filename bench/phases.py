@@ -103,11 +103,13 @@ def pipeline_producer(b: Bench) -> Result:
 
 
 def _drain(b: Bench, label: str, module: str, processes: int, target: int, extra_env: dict[str, str],
-           timeout: float) -> Result:
-    """Start `processes` copies of a consumer module on a fresh database and group; wait for `target` rows."""
+           timeout: float, topic: str = ORDERS_TOPIC) -> Result:
+    """Start `processes` copies of a consumer module on a fresh database and group; wait for `target` rows
+    from `topic`."""
     url = b.infra.new_database(label.replace("-", "_"))
     group = f"bench-{label}-{uuid.uuid4().hex[:6]}"
-    env = b.infra.env(KAFKA_TOPIC=ORDERS_TOPIC, DATABASE_URL=url, CONSUMER_GROUP_ID=group, **extra_env)
+    env = b.infra.env(KAFKA_TOPIC=topic, KAFKA_DLQ_TOPIC=f"{topic}.dlq", DATABASE_URL=url,
+                      CONSUMER_GROUP_ID=group, **extra_env)
     task = b.task(f"{label}: {processes} process(es)", target)
     cpu = CpuMeter(b.server_pids())
     cpu.start()
