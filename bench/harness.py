@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import ceilings, chart, phases, scaling, sysinfo
+from bench import ceilings, chart, phases, scaling, soak, sysinfo
 from bench.context import Bench, Sizes
 from bench.infra import REPO, private_infra
 from bench.peers import run as peers
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-state", action="store_true", help="keep the servers' temp dir (logs) after the run")
     peers.add_arguments(p)
     scaling.add_arguments(p)
+    soak.add_arguments(p)
     return p
 
 
@@ -254,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             peers.run_peers(args, console)
         elif scaling.wanted(args):
             scaling.run(args, console, sizes_from(args).consumer_env)
+        elif soak.wanted(args):
+            soak.run(args, console, sizes_from(args).consumer_env)
         else:
             run(args, console)
     except KeyboardInterrupt:
