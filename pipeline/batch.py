@@ -71,6 +71,9 @@ class Batch:
     invalid: list[tuple[KafkaRecord, Rejection]] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     messages: list[KafkaRecord] = field(default_factory=list)
+    # The rows in the store's wire form, made while the previous batch was being written (None: the
+    # store encodes them itself). A batch changed by a rebalance is decoded anew, without it.
+    encoded: str | None = None
 
     def __len__(self) -> int:
         return len(self.messages)

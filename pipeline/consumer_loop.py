@@ -9,6 +9,10 @@ Each batch goes through the same numbered steps, so offsets never run ahead of t
 A retryable failure in 3-5 keeps the batch, pauses the assignment (polling goes on, so the group
 membership holds), backs off and retries; nothing is committed meanwhile.
 
+While PostgreSQL works on batch k (step 3 runs on a writer thread; psycopg2 releases the GIL while it
+waits for the server), the loop already consumes, decodes and encodes batch k+1 for the store. Only
+that pure work overlaps: batch k+1's write, dead letters and commit still come strictly after k's.
+
 `pipeline.consumer` wires it to confluent-kafka, `OrderStore` and `DeadLetterQueue`; the unit tests
 wire it to in-memory fakes.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,7 +66,9 @@ class KafkaSource(OffsetCommitter, Protocol):
 class OrderSink(Protocol):
     """Where valid orders go (`OrderStore`)."""
 
-    def write(self, rows: Sequence[OrderRow]) -> WriteResult:
+    def encode(self, rows: Sequence[OrderRow]) -> str:
+        """The rows in the sink's wire form, for `write` (pure CPU, no I/O)."""
+    def write(self, rows: Sequence[OrderRow], encoded: str | None = None) -> WriteResult:
         """One transaction; raises DatabaseUnavailable (a RetryableError) when nothing was committed."""
     def close(self) -> None: ...
 
@@ -114,6 +121,7 @@ class LoopPolicy:
 
     batch_size: int
     batch_timeout: float  # seconds to wait for the first message of a batch
+    read_ahead: bool = True  # consume + decode the next batch while PostgreSQL writes this one
     backoff_start: float = BACKOFF_START
     backoff_max: float = BACKOFF_MAX
 
@@ -127,7 +135,8 @@ class ConsumerLoop:
 
     def __init__(self, kafka: KafkaSource, store: OrderSink, dlq: DeadLetterSink, policy: LoopPolicy,
                  commit_policy: CommitPolicy = DEFAULT_COMMITS, clock: Callable[[], float] = time.monotonic,
-                 fault: Callable[[str], None] = faults.point, metrics: LoopMetrics | None = None) -> None:
+                 fault: Callable[[str], None] = faults.point, metrics: LoopMetrics | None = None,
+                 writer: Executor | None = None) -> None:
         self.kafka = kafka
         self.store = store
         self.dlq = dlq
@@ -139,6 +148,9 @@ class ConsumerLoop:
         self.stopping = False
         self.degraded = False  # a dependency is down: the assignment is paused
         self.pending: Batch | None = None  # consumed, not yet fully processed
+        self.ahead: Batch | None = None  # the next batch, consumed while `pending` was being written
+        # Where step 3 runs while the next batch is read (a thread; the unit tests pass a stepped executor).
+        self._writer = (writer or ThreadPoolExecutor(1, thread_name_prefix="writer")) if policy.read_ahead else None
         self._backoff = policy.backoff_start
         self.totals = {"batches": 0, "inserted": 0, "duplicates": 0, "dead": 0}
         self._last_stats = clock()
@@ -159,7 +171,8 @@ class ConsumerLoop:
         if fatal:
             raise FatalError(fatal)
         if self.pending is None:
-            batch = self._consume_batch()  # steps 1 + 2
+            batch = self.ahead or self._consume_batch()  # steps 1 + 2
+            self.ahead = None
             if not len(batch):
                 self.commits.resend_if_due()
                 self._log_stats()
@@ -168,6 +181,7 @@ class ConsumerLoop:
         try:
             self._process(self.pending)  # steps 3-5
         except RetryableError as e:
+            self._keep_ahead()
             self._degrade(e)
             self._backoff = min(self._backoff * 2, self.policy.backoff_max)
             return
@@ -185,14 +199,41 @@ class ConsumerLoop:
         if not records:
             first = self.kafka.poll(self.policy.batch_timeout)
             records = [first, *self.kafka.consume(size - 1, 0)] if first is not None else []
-        # A rebalance callback can run inside consume(): keep only partitions still ours.
+        return self._owned(records)
+
+    def _owned(self, records: Sequence[KafkaRecord]) -> Batch:
+        """Decoded, keeping only partitions still ours: a rebalance callback can run inside consume()."""
         owned = self.commits.offsets.owned
         return decode_batch([r for r in records if (r.topic(), r.partition()) in owned])
 
+    def _write(self, batch: Batch) -> tuple[WriteResult, float]:
+        """Step 3. With read-ahead, the next batch is consumed and decoded while PostgreSQL works."""
+        def timed() -> tuple[WriteResult, float]:
+            started = time.perf_counter()
+            result = self.store.write(batch.rows, batch.encoded)
+            return result, time.perf_counter() - started
+
+        if self._writer is None or self.stopping:
+            return timed()
+        written = self._writer.submit(timed)
+        records: list[KafkaRecord] = []
+        size = self.policy.batch_size
+        while not written.done() and len(records) < size and not self.stopping:
+            records.extend(self.kafka.consume(size - len(records), 0.002))
+        if records:
+            ahead = self._owned(records)
+            ahead.encoded = self.store.encode(ahead.rows)
+            self.ahead = ahead
+        return written.result()
+
+    def _keep_ahead(self) -> None:
+        """The write failed: what was read ahead joins the kept batch (nothing read is dropped)."""
+        if self.ahead is not None and self.pending is not None:
+            self.pending = decode_batch([*self.pending.messages, *self.ahead.messages])
+        self.ahead = None
+
     def _process(self, batch: Batch) -> None:
-        started = time.perf_counter()
-        result = self.store.write(batch.rows)  # 3
-        write_seconds = time.perf_counter() - started
+        result, write_seconds = self._write(batch)  # 3
         self._fault("after_db_commit")
         letters = batch.dead_letters(result.rejected)
         self.dlq.send(letters)  # 4
@@ -278,9 +319,12 @@ class ConsumerLoop:
 
     def shutdown(self) -> None:
         """Commit what is done, close the clients. A pending batch stays uncommitted (redelivered)."""
-        if self.pending is not None and len(self.pending):
+        unwritten = len(self.pending or []) + len(self.ahead or [])
+        if unwritten:
             logger.warning("stopping with {} unwritten message(s); they stay uncommitted and are redelivered",
-                           len(self.pending))
+                           unwritten)
+        if self._writer is not None:
+            self._writer.shutdown()
         self.commits.commit_now()
         self.kafka.close()
         self.dlq.close()

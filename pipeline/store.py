@@ -26,6 +26,7 @@ from pipeline.errors import DatabaseUnavailable, FatalError
 from pipeline.orders import CONFLICT, DB_REJECTED, Rejection, items_json
 
 MIGRATION_LOCK_ID = 0x0F00D0DE5  # pg_advisory_xact_lock key: one migrator at a time
+COPY_CHUNK = 1 << 18  # bytes per COPY data message: fewer trips through Python than psycopg2's 8 KiB
 # SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention (shutdown), 40 rollback
 # (deadlock, serialization), 55 object not in prerequisite state (lock not available), 58 system error
 # (I/O error, e.g. a full or failing disk).
@@ -130,15 +131,21 @@ class OrderStore:
                 raise FatalError(f"PostgreSQL refused this client (DATABASE_URL in the env file): {reason}") from e
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {reason}") from e
 
-    def write(self, rows: Sequence[OrderRow]) -> WriteResult:
-        """Store a batch in one transaction. Raises DatabaseUnavailable (nothing was committed)."""
+    def encode(self, rows: Sequence[OrderRow]) -> str:
+        """The rows as the COPY text `write` sends (pure CPU: the loop encodes the next batch while
+        PostgreSQL works on this one)."""
+        return "".join([self.copy_line(r) for r in rows])
+
+    def write(self, rows: Sequence[OrderRow], encoded: str | None = None) -> WriteResult:
+        """Store a batch in one transaction (`encoded`: `encode(rows)`, if already made). Raises
+        DatabaseUnavailable (nothing was committed)."""
         if not rows:
             return WriteResult()
         conn = self.connect()
         try:
             with conn.cursor() as cur:
                 try:
-                    result = self._write_rows(cur, rows)
+                    result = self._write_rows(cur, rows, encoded)
                 except psycopg2.Error as e:
                     if not _is_row_error(e):
                         raise
@@ -151,9 +158,10 @@ class OrderStore:
             self._discard(conn)
             raise _translate(e) from e
 
-    def _write_rows(self, cur: psycopg2.extensions.cursor, rows: Sequence[OrderRow]) -> WriteResult:
-        buf = io.StringIO("".join([self.copy_line(r) for r in rows]))
-        cur.copy_expert(f"COPY orders_staging ({COLUMNS}) FROM STDIN", buf)
+    def _write_rows(self, cur: psycopg2.extensions.cursor, rows: Sequence[OrderRow],
+                    encoded: str | None = None) -> WriteResult:
+        buf = io.StringIO(self.encode(rows) if encoded is None else encoded)
+        cur.copy_expert(f"COPY orders_staging ({COLUMNS}) FROM STDIN", buf, COPY_CHUNK)
         cur.execute(INSERT_SQL)
         inserted: int = cur.fetchone()[0]  # type: ignore[index]
         result = WriteResult(inserted=inserted)

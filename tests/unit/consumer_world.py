@@ -5,8 +5,10 @@ or refuse rows, a DLQ that can be down, and a fake clock (tests/unit/test_consum
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pipeline.batch import DeadLetter, OrderRow, WriteResult
 from pipeline.commits import CommitPolicy
@@ -47,15 +49,37 @@ class Broker:
         return {tp: len(log) for tp, log in self.logs.items() if log}
 
 
+class SteppedWriter(Executor):
+    """The loop's writer thread, made deterministic: a submitted write runs during the next consume()
+    (after its fetch), as a real write overlaps the reading of the next batch."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[Future[Any], Callable[[], Any]]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.queued.append((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def run_queued(self) -> None:
+        queued, self.queued = self.queued, []
+        for future, call in queued:
+            try:
+                future.set_result(call())
+            except BaseException as e:  # noqa: BLE001 - handed to the loop, as a thread's future would
+                future.set_exception(e)
+
+
 class FakeKafka:
     """A group consumer on a `Broker`. Rebalances queued with `assign`/`revoke`/`lose` run inside the next
     consume() (before its fetch, or after it with `after_fetch`, as when records were already buffered).
     Asynchronous commits are answered at the next consume(). Like librdkafka, a pause survives unassign
     and assign. The clock moves by the timeout when consume() finds nothing."""
 
-    def __init__(self, broker: Broker, clock: Clock) -> None:
+    def __init__(self, broker: Broker, clock: Clock, writer: SteppedWriter | None = None) -> None:
         self.broker = broker
         self.clock = clock
+        self.writer = writer
         self.listener: RebalanceListener | None = None
         self.owned: list[TP] = []
         self.position: dict[TP, int] = {}
@@ -115,6 +139,8 @@ class FakeKafka:
         if self.paused and set(self.owned) <= self.paused:
             self.consumed_while_paused += 1
         self._run_events(after_fetch=True)
+        if self.writer is not None:
+            self.writer.run_queued()
         if not records:
             self.clock.now += timeout
         return records
@@ -168,7 +194,13 @@ class FakeStore:
         self.refuse: set[str] = set()
         self.closed = False
 
-    def write(self, rows: Sequence[OrderRow]) -> WriteResult:
+    def encode(self, rows: Sequence[OrderRow]) -> str:
+        return ",".join(r.order.order_id for r in rows)
+
+    def write(self, rows: Sequence[OrderRow], encoded: str | None = None) -> WriteResult:
+        if encoded is not None:
+            assert encoded == self.encode(rows), "an encoding made for other rows"
+            self.broker.journal.append("(encoded ahead)")
         if self.down:
             raise DatabaseUnavailable("PostgreSQL unavailable: connection refused")
         self.broker.journal.append(f"write {len(rows)}")
@@ -219,6 +251,7 @@ class World:
     clock: Clock = field(default_factory=Clock)
     crash_at: str | None = None
     gen: OrderGenerator = field(default_factory=lambda: OrderGenerator(5))
+    read_ahead: bool = False  # the loop's read-ahead, with a SteppedWriter
 
     def __post_init__(self) -> None:
         self.store = FakeStore(self.broker)
@@ -226,10 +259,12 @@ class World:
 
     def start(self, batch_size: int = 10) -> None:
         """A new process: fresh client, loop and DLQ producer; the same broker and database."""
-        self.kafka = FakeKafka(self.broker, self.clock)
+        self.writer = SteppedWriter() if self.read_ahead else None
+        self.kafka = FakeKafka(self.broker, self.clock, self.writer)
         self.dlq = FakeDlq(self.broker)
-        self.loop = ConsumerLoop(self.kafka, self.store, self.dlq, LoopPolicy(batch_size, 0.1),
-                                 CommitPolicy(resend_every=1.0), self.clock, self._fault)
+        self.loop = ConsumerLoop(self.kafka, self.store, self.dlq,
+                                 LoopPolicy(batch_size, 0.1, read_ahead=self.read_ahead),
+                                 CommitPolicy(resend_every=1.0), self.clock, self._fault, writer=self.writer)
         self.kafka.subscribe(self.loop)
 
     def _fault(self, point: str) -> None:

@@ -13,9 +13,9 @@ from pipeline.orders import DB_REJECTED
 from tests.unit.consumer_world import P0, P1, P2, TOPIC, Crash, World
 
 
-@pytest.fixture
-def world() -> World:
-    w = World()
+@pytest.fixture(params=[False, True], ids=["serial", "read-ahead"])
+def world(request: pytest.FixtureRequest) -> World:
+    w = World(read_ahead=request.param)
     w.kafka.assign(P0, P1, P2)
     return w
 
@@ -76,7 +76,8 @@ def test_database_down_pauses_keeps_polling_commits_nothing_and_resumes_alone(wo
     assert world.loop.degraded and world.kafka.paused == {P0, P1, P2}
     assert world.kafka.consumed_while_paused >= 3, "polling must go on while paused"
     assert world.broker.committed == committed
-    assert world.clock.now - started == pytest.approx(0.5 + 1.0 + 2.0)  # the backoff doubles
+    # the backoff doubles (read-ahead adds its short waits for the next batch while each retry runs)
+    assert world.clock.now - started == pytest.approx(0.5 + 1.0 + 2.0, abs=0.01)
     assert len(world.loop.pending or []) == 4
     assert sum("pausing 3 partition(s), keeping the batch of 4" in line for line in log) == 1
 
@@ -228,6 +229,64 @@ def test_stats_are_logged_every_ten_seconds(world: World, log: list[str]) -> Non
     world.clock.now += 10
     world.steps(1)
     assert "INFO batches 1, orders inserted 2, redelivered 0, dead-lettered 0" in log
+
+
+# -- read-ahead: the next batch is consumed while PostgreSQL writes this one -------------------------
+
+
+@pytest.fixture
+def ahead() -> World:
+    w = World(read_ahead=True)
+    w.kafka.assign(P0, P1, P2)
+    return w
+
+
+def test_the_next_batch_is_read_during_the_write_but_written_only_after_the_commit(ahead: World) -> None:
+    ahead.produce(P0, 25)
+    ahead.steps(1)
+    assert ahead.broker.journal == ["write 10", "dlq 0", f"commit {[(P0, 10)]}"]
+    assert len(ahead.loop.ahead or []) == 10, "batch 2 is consumed while batch 1 is written"
+    ahead.drain()
+    assert len(ahead.store.orders) == 25 and ahead.loop.totals["batches"] == 3
+    assert ahead.broker.journal == ["write 10", "dlq 0", f"commit {[(P0, 10)]}",
+                                    "(encoded ahead)", "write 10", "dlq 0", f"commit {[(P0, 20)]}",
+                                    "(encoded ahead)", "write 5", "dlq 0", f"commit {[(P0, 25)]}"]
+
+
+def test_a_failed_write_keeps_what_was_read_ahead_in_the_batch(ahead: World) -> None:
+    orders = ahead.produce(P0, 8) + ahead.produce(P1, 8)
+    ahead.store.down = True
+    ahead.steps(1)
+    assert ahead.loop.degraded and ahead.loop.ahead is None
+    assert len(ahead.loop.pending or []) == 16, "the read-ahead records join the kept batch"
+    ahead.store.down = False
+    ahead.drain()
+    assert set(ahead.store.orders) == {o.order_id for o in orders}
+    assert ahead.loop.totals == {"batches": 1, "inserted": 16, "duplicates": 0, "dead": 0}
+    assert ahead.broker.committed == {P0: 8, P1: 8}
+
+
+def test_a_partition_revoked_during_the_write_leaves_the_read_ahead(ahead: World) -> None:
+    ahead.produce(P0, 10)
+    ahead.produce(P1, 15)
+    ahead.steps(1)  # writes P0's 10; reads P1's first 10 ahead
+    ahead.kafka.revoke(P1, after_fetch=True)  # during the read-ahead of step 2
+    ahead.steps(3)
+    # The write in flight finishes (the next owner finds those 10 as redeliveries); the 5 read ahead
+    # after the revocation are not written, and nothing of P1 is committed by this member.
+    assert [line for line in ahead.broker.journal if line.startswith("write")] == ["write 10", "write 10"]
+    assert len(ahead.store.orders) == 20
+    assert P1 not in ahead.broker.committed, "a revoked partition's records are the next owner's"
+    assert ahead.broker.committed == {P0: 10}
+
+
+def test_a_stop_leaves_the_read_ahead_uncommitted(ahead: World, log: list[str]) -> None:
+    ahead.produce(P0, 15)
+    ahead.steps(1)
+    ahead.loop.stopping = True
+    ahead.loop.run()
+    assert ahead.broker.committed == {P0: 10}
+    assert any("stopping with 5 unwritten message(s)" in line for line in log)
 
 
 def test_policies_check_themselves() -> None:
