@@ -47,7 +47,11 @@ def test_concurrent_migrations_do_not_race(database_url: str) -> None:
     for t in threads:
         t.join(60)
     assert errors == []
-    assert query(database_url, "SELECT version FROM schema_migrations") == [("0001_initial",)]
+    assert query(database_url, "SELECT version FROM schema_migrations ORDER BY version") == [
+        ("0001_initial",), ("0002_ids_collate_c",)]
+    assert query(database_url, "SELECT table_name, column_name FROM information_schema.columns "
+                               "WHERE collation_name = 'C' AND table_schema = 'public' ORDER BY 1, 2") == [
+        ("customer_stats", "customer_id"), ("orders", "customer_id"), ("orders", "order_id")]
     assert OrderStore(database_url, "m").migrate() == []
 
 
@@ -123,8 +127,9 @@ def test_a_role_that_may_only_write_orders_starts_and_is_sent_to_the_owner_for_m
     store = OrderStore(writer, "writer")
     assert store.migrate() == []  # the schema is current: no DDL needed
     assert store.write(rows(3)).inserted == 3
-    query(database_url, "DELETE FROM schema_migrations RETURNING version")  # as if a new migration had come
-    with pytest.raises(FatalError, match=r"needs migrations 0001_initial and this role may not change it .* "
+    # As if a new migration had come:
+    query(database_url, "DELETE FROM schema_migrations WHERE version = '0002_ids_collate_c' RETURNING version")
+    with pytest.raises(FatalError, match=r"needs migrations 0002_ids_collate_c and this role may not change it .* "
                                          r"run `food-orders migrate` on the database host"):
         store.migrate()
     wrong = urlunsplit(parts._replace(netloc=f"{role}:wrong@{parts.hostname}:{parts.port}"))
