@@ -11,6 +11,7 @@ from rich.progress import Progress, TaskID
 
 from bench.infra import BenchInfra
 from pipeline.mockdata import OrderGenerator, new_order_id
+from pipeline.settings import Settings
 
 ORDERS_TOPIC = "bench-orders"
 RAW_TOPIC = "bench-raw"
@@ -33,7 +34,7 @@ class Sizes:
     latency_rate: float = 1_000.0
     latency_seconds: float = 60.0
     latency_consumers: int = 1
-    pg_batch: int = 500
+    pg_batch: int = Settings().consumer_batch_size  # the PostgreSQL ceiling batches like the consumers
     phase_timeout: float = 300.0
     consumer_env: tuple[tuple[str, str], ...] = ()  # extra environment for pipeline.consumer (experiments)
     consumer_module: str = "pipeline.consumer"
@@ -65,3 +66,11 @@ def rate(n: float, seconds: float) -> float:
 def generate(n: int) -> list[tuple[bytes, bytes]]:
     gen = OrderGenerator(SEED)
     return [gen.next_order_json(new_order_id(), datetime.now(UTC)) for _ in range(n)]
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """One `--consumer-env KEY=VALUE` argument."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--consumer-env: expected KEY=VALUE, got {text!r}")
+    return key, value

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench import ceilings, chart, phases, scaling, soak, sysinfo
-from bench.context import Bench, Sizes
+from bench.context import Bench, Sizes, key_value
 from bench.infra import REPO, private_infra
 from bench.peers import run as peers
 from bench.peers.install import PeerSetupError
@@ -40,7 +40,7 @@ TARGETS = {
 P99_TARGET_MS = 100.0
 DISTURBED_PCT = 15.0  # a phase during which other processes used more of the machine than this is flagged
 SMOKE = Sizes(orders=3_000, baseline=300, baseline_timeout=60, consumers=(1, 2, 3), latency_rate=200,
-              latency_seconds=5, latency_consumers=1, pg_batch=500, phase_timeout=60)
+              latency_seconds=5, latency_consumers=1, phase_timeout=60)
 FULL = Sizes()
 
 
@@ -79,19 +79,12 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         latency_seconds=args.latency_seconds or base.latency_seconds,
         latency_consumers=args.latency_consumers or base.latency_consumers,
         # The PostgreSQL ceiling uses the consumers' batch size unless told otherwise.
-        pg_batch=args.pg_batch or int(dict(_key_value(kv) for kv in args.consumer_env).get(
+        pg_batch=args.pg_batch or int(dict(key_value(kv) for kv in args.consumer_env).get(
             "CONSUMER_BATCH_SIZE", base.pg_batch)),
         phase_timeout=max(base.phase_timeout, (args.orders or base.orders) / 500),
-        consumer_env=tuple(_key_value(kv) for kv in args.consumer_env),
+        consumer_env=tuple(key_value(kv) for kv in args.consumer_env),
         consumer_module=args.consumer_module,
     )
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--consumer-env: expected KEY=VALUE, got {text!r}")
-    return key, value
 
 
 def ratios(p: dict[str, Any]) -> dict[str, Any]:

@@ -50,7 +50,7 @@ class Settings:
     producer_rate: float = 10.0
     producer_max_orders: int = 0
     producer_seed: int | None = None
-    consumer_batch_size: int = 500
+    consumer_batch_size: int = 5_000
     consumer_batch_timeout_ms: int = 200
     consumer_session_timeout_ms: int = 10_000
     consumer_instance_id: str | None = None

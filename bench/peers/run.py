@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import phases, sysinfo
-from bench.context import ORDERS_TOPIC, Bench, Result, Sizes, rate
+from bench.context import ORDERS_TOPIC, Bench, Result, Sizes, key_value, rate
 from bench.infra import BenchInfra, private_infra, stop
 from bench.measure import CpuMeter, RowCounter, row_span, wait_for
 from bench.peers import install
@@ -95,6 +95,7 @@ class PeerPlan:
     timeout: float
     out: Path | None
     keep_state: bool
+    consumer_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PeerPlan:
@@ -110,7 +111,8 @@ class PeerPlan:
                    connect=ConnectOptions(batch_size=args.connect_batch, tasks=args.connect_tasks),
                    quix=QuixOptions(commit_every=args.quix_commit_every, commit_interval=args.quix_commit_interval,
                                     processes=args.quix_processes),
-                   timeout=max(90.0 if smoke else 300.0, orders / 500), out=args.out, keep_state=args.keep_state)
+                   timeout=max(90.0 if smoke else 300.0, orders / 500), out=args.out, keep_state=args.keep_state,
+                   consumer_env=tuple(key_value(kv) for kv in args.consumer_env))
 
 
 @dataclass
@@ -303,7 +305,8 @@ class Installed:
 
 def drain_all(infra: BenchInfra, plan: PeerPlan, installed: Installed, progress: Progress) -> dict[str, Any]:
     """Fill the orders topic on `infra`, then drain it with every drain of the plan, each checked."""
-    sizes = Sizes(orders=plan.orders, consumers=plan.consumers, phase_timeout=plan.timeout)
+    sizes = Sizes(orders=plan.orders, consumers=plan.consumers, phase_timeout=plan.timeout,
+                  consumer_env=plan.consumer_env)
     b = Bench(infra, sizes, progress)
     out: dict[str, Any] = {"producer": phases.pipeline_producer(b)}
     messages = read_topic(infra.bootstrap_servers, ORDERS_TOPIC)
@@ -340,6 +343,7 @@ def run_peers(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     installed = Installed.for_plan(plan, console)
     results: dict[str, Any] = {"date": date.today().isoformat(), "mode": mode,
                                "sizes": {"orders": plan.orders, "consumers": list(plan.consumers),
+                                         "consumer_env": dict(plan.consumer_env),
                                          "peers": list(plan.only)},
                                "versions": install.versions(installed.quix_python),
                                "config": {"connect": dataclasses.asdict(plan.connect),

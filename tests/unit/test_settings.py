@@ -18,7 +18,7 @@ def test_defaults_match_the_contract() -> None:
     s = parse_settings({})
     assert (s.kafka_topic, s.kafka_dlq_topic, s.consumer_group_id) == ("food-orders", "food-orders.dlq",
                                                                       "order-processors")
-    assert (s.kafka_partitions, s.consumer_batch_size, s.log_format) == (3, 500, "text")
+    assert (s.kafka_partitions, s.consumer_batch_size, s.log_format) == (3, 5000, "text")
     assert s.consumer_instance_id is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.kafka_topic = "x"  # type: ignore[misc]
