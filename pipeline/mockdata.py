@@ -83,6 +83,10 @@ _LINES: tuple[tuple[Item, ...], ...] = tuple(
 )
 
 
+_MENU_SIZE = len(MENU)
+_SUBTOTALS: tuple[tuple[float, ...], ...] = tuple(tuple(i.subtotal for i in lines) for lines in _LINES)
+
+
 class OrderGenerator:
     """Deterministic order content: the same seed gives the same sequence of orders.
 
@@ -91,21 +95,25 @@ class OrderGenerator:
 
     def __init__(self, seed: int | None) -> None:
         self._random = random.Random(seed).random
+        self._picks = list(range(len(MENU)))  # a permutation of the menu, shuffled a little per order
 
     def _draw(self) -> tuple[int, list[tuple[int, int]], float]:
         """One order's random draws: customer index, (menu index, quantity index) lines, rounded total."""
         r = self._random
         customer = int(r() * len(CUSTOMERS))
-        picks = list(range(len(MENU)))
+        picks = self._picks
         lines = []
         total = 0.0
         for i in range(1 + int(r() * 5)):
-            # Partial Fisher-Yates: distinct items without rejection sampling.
-            j = i + int(r() * (len(picks) - i))
-            picks[i], picks[j] = picks[j], picks[i]
+            # Partial Fisher-Yates on the running permutation: distinct items without rejection
+            # sampling, and no fresh list per order (any permutation is a fair start).
+            j = i + int(r() * (_MENU_SIZE - i))
+            pick = picks[j]
+            picks[j] = picks[i]
+            picks[i] = pick
             q = int(r() * 3)
-            lines.append((picks[i], q))
-            total += _LINES[picks[i]][q].subtotal
+            lines.append((pick, q))
+            total += _SUBTOTALS[pick][q]
         return customer, lines, round(total, 2)
 
     def next_order(self, order_id: str, created_at: datetime) -> Order:
@@ -149,6 +157,8 @@ _LINES_JSON: tuple[tuple[bytes, ...], ...] = tuple(tuple(msgspec.json.encode(i) 
 
 _RAND_BITS = 74
 _RAND_MASK = (1 << _RAND_BITS) - 1
+_LOW_MASK = (1 << 62) - 1
+_VARIANT = 0b10 << 62  # RFC 9562 variant bits above the low 62 random bits
 _id_lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
@@ -169,23 +179,33 @@ def new_order_id() -> str:
     """A globally unique, time-ordered order id: ``ORD-`` + a UUIDv7 (RFC 9562), 40 characters.
 
     48-bit unix milliseconds + 74 bits from ``secrets`` (fresh each millisecond), so ids stay
-    unique across restarts and hosts. Within one process ids are strictly increasing: in the
-    same millisecond (or if the clock steps back) the random part is incremented (RFC 9562
+    unique across restarts, processes and hosts. Within one process ids are strictly increasing: in
+    the same millisecond (or if the clock steps back) the random part is incremented (RFC 9562
     "monotonic random"). Independent of any seeded RNG.
     """
+    return new_order_ids(1)[0]
+
+
+def new_order_ids(n: int) -> list[str]:
+    """`n` ids, as `n` calls of `new_order_id` in the same millisecond would give them: one clock
+    read and one lock for the lot (the producer's hot path takes its ids a burst at a time)."""
     global _last_ms, _last_rand, _prefix_key, _prefix
     now_ms = time.time_ns() // 1_000_000
+    ids = []
     with _id_lock:
-        if now_ms > _last_ms:
-            ms, rand = now_ms, secrets.randbits(_RAND_BITS)
-        else:
-            ms, rand = _last_ms, _last_rand + 1
-            if rand > _RAND_MASK:  # counter exhausted: borrow the next millisecond
-                ms, rand = ms + 1, secrets.randbits(_RAND_BITS)
-        _last_ms, _last_rand = ms, rand
-        # Only the low 62 bits change between ids of one millisecond: format the rest once.
-        if (ms, rand >> 62) != _prefix_key:
-            high = f"{(ms & 0xFFFF_FFFF_FFFF) << 16 | 0x7 << 12 | rand >> 62:016x}"
-            _prefix_key, _prefix = (ms, rand >> 62), f"ORD-{high[:8]}-{high[8:12]}-{high[12:]}-"
-        low = f"{0b10 << 62 | (rand & (1 << 62) - 1):016x}"
-        return f"{_prefix}{low[:4]}-{low[4:]}"
+        ms, rand, prefix_key, prefix = _last_ms, _last_rand, _prefix_key, _prefix
+        for _ in range(n):
+            if now_ms > ms:
+                ms, rand = now_ms, secrets.randbits(_RAND_BITS)
+            else:
+                rand += 1
+                if rand > _RAND_MASK:  # counter exhausted: borrow the next millisecond
+                    ms, rand = ms + 1, secrets.randbits(_RAND_BITS)
+            # Only the low 62 bits change between ids of one millisecond: format the rest once.
+            if (ms, rand >> 62) != prefix_key:
+                high = f"{(ms & 0xFFFF_FFFF_FFFF) << 16 | 0x7 << 12 | rand >> 62:016x}"
+                prefix_key, prefix = (ms, rand >> 62), f"ORD-{high[:8]}-{high[8:12]}-{high[12:]}-"
+            low = f"{_VARIANT | (rand & _LOW_MASK):016x}"
+            ids.append(f"{prefix}{low[:4]}-{low[4:]}")
+        _last_ms, _last_rand, _prefix_key, _prefix = ms, rand, prefix_key, prefix
+    return ids

@@ -27,7 +27,7 @@ from pipeline.errors import FatalError
 from pipeline.kafka_admin import ensure_topics
 from pipeline.logs import KafkaErrorLog, kafka_logger, process_name
 from pipeline.metrics import ProducerMetrics, usable_dir
-from pipeline.mockdata import OrderGenerator, new_order_id
+from pipeline.mockdata import OrderGenerator, new_order_ids
 from pipeline.settings import Settings
 
 LOG_EVERY = 5.0
@@ -132,8 +132,8 @@ class OrderProducer:
             if blocked:  # back-pressure: generate only what Kafka's queue and the backlog can hold
                 due = room
                 self._waiting(f"{MAX_PENDING - room} orders undelivered; order generation paused")
-            for _ in range(max(0, due)):
-                self._produce_one(topic)
+            if due > 0:
+                self._produce(topic, new_order_ids(due))
             if self.waiting_since is not None and not blocked and not self.backlog:
                 self._flowing()
             self._report()
@@ -146,11 +146,13 @@ class OrderProducer:
             self._poll(min(wait, 0.1))
         return self._finish()
 
-    def _produce_one(self, topic: str) -> None:
-        key, value = self.generator.next_order_json(new_order_id(), datetime.now(UTC))
-        self.produced += 1
-        if self.backlog or not self._send(topic, key, value):  # never overtake an order still waiting
-            self.backlog.append((key, value))
+    def _produce(self, topic: str, order_ids: list[str]) -> None:
+        generate = self.generator.next_order_json
+        for order_id in order_ids:
+            key, value = generate(order_id, datetime.now(UTC))
+            self.produced += 1
+            if self.backlog or not self._send(topic, key, value):  # never overtake an order still waiting
+                self.backlog.append((key, value))
 
     @property
     def delivered(self) -> int:

@@ -7,7 +7,10 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
-from pipeline.mockdata import CUSTOMERS, MENU, OrderGenerator, new_order_id
+import pytest
+
+from pipeline import mockdata
+from pipeline.mockdata import CUSTOMERS, MENU, OrderGenerator, new_order_id, new_order_ids
 from pipeline.orders import Order, decode_order, encode_order, order_key
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -75,6 +78,24 @@ def test_order_ids_unique_short_and_time_ordered() -> None:
     assert all(pattern.fullmatch(i) for i in ids)
     first_ms = int(ids[0][4:17].replace("-", ""), 16)
     assert before_ms <= first_ms <= after_ms + 1
+
+
+def test_a_burst_of_ids_continues_the_same_strictly_increasing_sequence() -> None:
+    pattern = re.compile(r"ORD-[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+    ids = [new_order_id(), *new_order_ids(50_000), new_order_id(), *new_order_ids(3), *new_order_ids(0)]
+    assert len(ids) == 50_005 and len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(pattern.fullmatch(i) for i in ids)
+
+
+def test_a_burst_crossing_the_62_bit_boundary_formats_its_prefix_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "The same millisecond" for the whole burst (monkeypatch restores the generator's state after).
+    monkeypatch.setattr(mockdata, "_last_ms", time.time_ns() // 1_000_000 + 60_000)
+    monkeypatch.setattr(mockdata, "_last_rand", (1 << 62) - 2)
+    ids = new_order_ids(4)
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    assert len({i[:23] for i in ids}) == 2, "the 63rd random bit changed in the burst"
+    assert all(int(i[23:].replace("-", ""), 16) >> 62 == 0b10 for i in ids), "variant bits kept"
 
 
 def test_order_ids_ignore_the_seeded_rng() -> None:
