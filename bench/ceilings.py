@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import statistics
+import threading
 import time
 import uuid
 
@@ -27,7 +28,7 @@ from pipeline.batch import OrderRow
 from pipeline.consumer import consumer_config
 from pipeline.orders import Order, decode_order
 from pipeline.producer import producer_config
-from pipeline.store import COLUMNS, INSERT_SQL, STAGING_TABLE_SQL, OrderStore
+from pipeline.store import COLUMNS, COPY_CHUNK, INSERT_SQL, STAGING_TABLE_SQL, OrderStore
 
 # -- ceilings ------------------------------------------------------------------------------------
 
@@ -111,6 +112,51 @@ def ceiling_consume(b: Bench) -> Result:
                       "memory, not decoded"}
 
 
+PG_CONNECTIONS = (1, 2, 3)  # the PostgreSQL ceiling is the best of these (it is not always 1)
+
+
+def _copy_insert(b: Bench, chunks: list[str], n: int, connections: int) -> tuple[float, float, dict[str, float]]:
+    """COPY + INSERT of every chunk on `connections` connections at once: (rate, seconds, cpu_s)."""
+    url = b.infra.new_database(f"ceiling{connections}")
+    OrderStore(url, "bench").migrate()
+    conns = [psycopg2.connect(url) for _ in range(connections)]
+    for conn in conns:
+        with conn.cursor() as cur:
+            cur.execute(STAGING_TABLE_SQL)
+        conn.commit()
+    task = b.task(f"ceiling: PostgreSQL COPY + INSERT x{connections}", n)
+    inserted = [0] * connections
+    per_chunk = chunks[0].count("\n")
+
+    def load(k: int) -> None:  # psycopg2 releases the GIL while the server works
+        conn = conns[k]
+        with conn.cursor() as cur:
+            for i in range(k, len(chunks), connections):
+                cur.copy_expert(f"COPY orders_staging ({COLUMNS}) FROM STDIN", io.StringIO(chunks[i]), COPY_CHUNK)
+                cur.execute(INSERT_SQL)
+                inserted[k] += (cur.fetchone() or (0,))[0]
+                conn.commit()
+                if k == 0 and i % 20 == 0:
+                    b.progress.update(task, completed=min(n, (i + 1) * per_chunk))
+
+    cpu = CpuMeter(b.server_pids())
+    cpu.start()
+    started = time.perf_counter()
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    cpu_s = cpu.stop()
+    for conn in conns:
+        conn.close()
+    b.progress.update(task, completed=n)
+    if sum(inserted) != n:
+        raise RuntimeError(f"PostgreSQL ceiling x{connections}: inserted {sum(inserted)} of {n}")
+    return rate(n, seconds), seconds, cpu_s
+
+
 def ceiling_postgres(b: Bench) -> Result:
     """(b) PostgreSQL ingesting pre-formatted rows: COPY into staging + the store's INSERT ... ON CONFLICT."""
     batch = b.sizes.pg_batch
@@ -121,32 +167,10 @@ def ceiling_postgres(b: Bench) -> Result:
         rows.append(OrderRow(order, partition, offset))
     formatter = OrderStore("postgresql://unused@localhost/unused", "bench-pg-ceiling")
     chunks = ["".join(formatter.copy_line(r) for r in rows[i:i + batch]) for i in range(0, len(rows), batch)]
-    url = b.infra.new_database("ceiling")
-    OrderStore(url, "bench").migrate()
-    conn = psycopg2.connect(url)
-    with conn.cursor() as cur:
-        cur.execute(STAGING_TABLE_SQL)
-    conn.commit()
     n = len(rows)
-    task = b.task("ceiling: PostgreSQL COPY + INSERT", n)
-    cpu = CpuMeter(b.server_pids())
-    cpu.start()
-    started = time.perf_counter()
-    inserted = 0
-    with conn.cursor() as cur:
-        for i, text in enumerate(chunks):
-            cur.copy_expert(f"COPY orders_staging ({COLUMNS}) FROM STDIN", io.StringIO(text))
-            cur.execute(INSERT_SQL)
-            inserted += (cur.fetchone() or (0,))[0]
-            conn.commit()
-            if i % 20 == 0:
-                b.progress.update(task, completed=min(n, (i + 1) * batch))
-    seconds = time.perf_counter() - started
-    cpu_s = cpu.stop()
-    conn.close()
-    b.progress.update(task, completed=n)
-    if inserted != n:
-        raise RuntimeError(f"PostgreSQL ceiling: inserted {inserted} of {n}")
+    runs = {k: _copy_insert(b, chunks, n, k) for k in PG_CONNECTIONS}
+    best = max(runs, key=lambda k: runs[k][0])
+    seconds, cpu_s = runs[best][1], runs[best][2]
 
     # For comparison (not a ceiling): OrderStore.write on pre-built OrderRows, i.e. with the Python
     # formatting of COPY lines that the pipeline does per batch.
@@ -164,9 +188,11 @@ def ceiling_postgres(b: Bench) -> Result:
     store.close()
     b.progress.update(task2, completed=n)
     return {"rows": n, "batch": batch, "seconds": round(seconds, 3), "rate": rate(n, seconds), "cpu_s": cpu_s,
+            "connections": best, "rate_by_connections": {str(k): v[0] for k, v in runs.items()},
             "method": "raw COPY of pre-formatted text (OrderStore.copy_line, built before the clock) into "
                       "orders_staging + pipeline.store.INSERT_SQL (ON CONFLICT DO NOTHING + customer_stats), "
-                      "one transaction per batch, one connection",
+                      f"one transaction per batch, on {', '.join(map(str, PG_CONNECTIONS))} connections (each "
+                      "a thread taking every k-th batch, into a fresh database); the best is the ceiling",
             "store_write": {"seconds": round(seconds2, 3), "rate": rate(n, seconds2),
                             "method": "OrderStore.write(batch) on pre-built OrderRows (formats COPY lines in "
                                       "Python), same batch size"}}

@@ -16,6 +16,7 @@ from pipeline.settings import Settings
 ORDERS_TOPIC = "bench-orders"
 RAW_TOPIC = "bench-raw"
 LATENCY_TOPIC = "bench-latency"
+PRODUCERS_TOPIC = "bench-producers"  # the two-producer phase's own topic (the orders topic holds N once)
 PARTITIONS = 3
 SEED = 20_260_101
 RAW_PRODUCE_RUNS = 3
@@ -31,7 +32,7 @@ class Sizes:
     baseline: int = 10_000
     baseline_timeout: float = 120.0
     consumers: tuple[int, ...] = (1, 2, 3)
-    latency_rate: float = 1_000.0
+    latency_rates: tuple[float, ...] = (1_000.0, 10_000.0)  # the first is the phase "latency"
     latency_seconds: float = 60.0
     latency_consumers: int = 1
     pg_batch: int = Settings().consumer_batch_size  # the PostgreSQL ceiling batches like the consumers

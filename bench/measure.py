@@ -151,6 +151,7 @@ class CpuMeter:
         self._machine_start = psutil.cpu_times()
         self._wall_start = time.monotonic()
         self.result: dict[str, float] = {}
+        self.rss_max_mb: dict[str, float] = {}  # largest resident set seen per process (not per tree)
 
     def add(self, name: str, pid: int) -> None:
         self._procs[name] = psutil.Process(pid)
@@ -170,6 +171,8 @@ class CpuMeter:
         for name, proc in self._procs.items():
             with contextlib.suppress(psutil.Error):
                 self._last[name] = _cpu(proc, name in self._tree)
+                rss = proc.memory_info().rss / 2**20
+                self.rss_max_mb[name] = max(rss, self.rss_max_mb.get(name, 0.0))
 
     def stop(self) -> dict[str, float]:
         self.sample()

@@ -62,41 +62,51 @@ def _first_timestamp(bootstrap: str, topic: str, partitions: int) -> float:
     return min(seen.values()) / 1000
 
 
-def pipeline_producer(b: Bench) -> Result:
-    """`python -m pipeline.producer` with PRODUCER_RATE=0, PRODUCER_MAX_ORDERS=N, filling the orders topic."""
+def pipeline_producer(b: Bench, processes: int = 1, topic: str = ORDERS_TOPIC) -> Result:
+    """`python -m pipeline.producer` x `processes` with PRODUCER_RATE=0, sharing PRODUCER_MAX_ORDERS=N
+    between them, filling `topic` (ids are disjoint across processes: UUIDv7 with 74 random bits)."""
     n = b.sizes.orders
-    env = b.infra.env(KAFKA_TOPIC=ORDERS_TOPIC, PRODUCER_RATE="0", PRODUCER_MAX_ORDERS=str(n),
-                      PRODUCER_SEED=str(SEED))
-    ensure_topics(b.infra.settings(KAFKA_TOPIC=ORDERS_TOPIC))  # so the timing has no topic creation in it
-    task = b.task("pipeline producer (subprocess)", n)
+    shares = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
+    ensure_topics(b.infra.settings(KAFKA_TOPIC=topic, KAFKA_DLQ_TOPIC=f"{topic}.dlq"))  # no creation timed
+    task = b.task(f"pipeline producer x{processes} (subprocess)", n)
     cpu = CpuMeter(b.server_pids())
     cpu.start()
     wall_start = time.time()
-    proc = b.infra.spawn("pipeline.producer", env, "producer")
-    cpu.add("producer", proc.pid)
+    procs = []
+    for i, share in enumerate(shares):
+        env = b.infra.env(KAFKA_TOPIC=topic, KAFKA_DLQ_TOPIC=f"{topic}.dlq", PRODUCER_RATE="0",
+                          PRODUCER_MAX_ORDERS=str(share), PRODUCER_SEED=str(SEED + i))
+        procs.append(b.infra.spawn("pipeline.producer", env, f"producer-{processes}-{i + 1}"))
+        cpu.add(f"producer_{i + 1}" if processes > 1 else "producer", procs[-1].pid)
     bootstrap = b.infra.bootstrap_servers
 
     def delivered() -> int:
         cpu.sample()
-        return _end_offsets(bootstrap, ORDERS_TOPIC, PARTITIONS)
+        return _end_offsets(bootstrap, topic, PARTITIONS)
 
     wait_for(delivered, n, b.sizes.phase_timeout, lambda v: b.progress.update(task, completed=v), every=0.5)
-    # The process exits after its delivery reports: keep sampling its CPU until then.
-    while proc.poll() is None:
+    # Each process exits after its delivery reports: keep sampling their CPU until then.
+    while any(proc.poll() is None for proc in procs):
         cpu.sample()
         time.sleep(0.05)
     wall_end = time.time()
     cpu_s = cpu.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"pipeline.producer exited {proc.returncode}:\n{b.infra.log_tail('producer')}")
-    first = _first_timestamp(bootstrap, ORDERS_TOPIC, PARTITIONS)
-    in_topic = _end_offsets(bootstrap, ORDERS_TOPIC, PARTITIONS)
-    return {"orders": n, "in_topic": in_topic, "wall_seconds": round(wall_end - wall_start, 3),
+    for i, proc in enumerate(procs):
+        if proc.returncode != 0:
+            raise RuntimeError(f"pipeline.producer exited {proc.returncode}:\n"
+                               f"{b.infra.log_tail(f'producer-{processes}-{i + 1}')}")
+    first = _first_timestamp(bootstrap, topic, PARTITIONS)
+    in_topic = _end_offsets(bootstrap, topic, PARTITIONS)
+    producer_cpu = sum(v for k, v in cpu_s.items() if k.startswith("producer"))
+    return {"processes": processes, "orders": n, "in_topic": in_topic, "wall_seconds": round(wall_end - wall_start, 3),
             "wall_rate": rate(n, wall_end - wall_start), "seconds": round(wall_end - first, 3),
             "rate": rate(n, wall_end - first), "startup_seconds": round(first - wall_start, 3), "cpu_s": cpu_s,
-            "method": "subprocess python -m pipeline.producer (PRODUCER_RATE=0, PRODUCER_MAX_ORDERS=N); rate = "
-                      "N / (process exit - CreateTime of the first message), i.e. generation + serialization + "
-                      "produce + final flush, without interpreter start-up (wall_rate includes it)"}
+            "producer_cpu_us_per_order": round(1e6 * producer_cpu / n, 2),
+            "kafka_cpu_us_per_order": round(1e6 * cpu_s.get("kafka", 0.0) / n, 2),
+            "method": f"{processes} subprocess(es) python -m pipeline.producer (PRODUCER_RATE=0, PRODUCER_MAX_ORDERS "
+                      "= their share of N); rate = N / (last process exit - CreateTime of the first message), i.e. "
+                      "generation + serialization + produce + final flush, without interpreter start-up "
+                      "(wall_rate includes it)"}
 
 
 # -- consumers -----------------------------------------------------------------------------------
@@ -146,7 +156,9 @@ def _drain(b: Bench, label: str, module: str, processes: int, target: int, extra
     if got < target:
         raise RuntimeError(f"{label}: {got} of {target} rows after {timeout:.0f}s\n{b.infra.log_tail(label + '-1')}")
     consumer_cpu = sum(v for k, v in cpu_s.items() if k.startswith("consumer_"))
-    return {"processes": processes, "orders": span.rows, "rate": round(span.rate or rate(span.rows, drained), 1),
+    rss = [v for k, v in cpu.rss_max_mb.items() if k.startswith("consumer_")]
+    return {"consumer_rss_max_mb": round(max(rss), 1) if rss else None,
+            "processes": processes, "orders": span.rows, "rate": round(span.rate or rate(span.rows, drained), 1),
             "seconds_first_to_last_row": round(span.seconds, 3), "wall_seconds_from_spawn": round(drained, 2),
             "wall_rate_from_spawn": rate(span.rows, drained), "exit_codes": codes, "cpu_s": cpu_s,
             "processes_that_wrote": n_writers, "per_process": per_writer,
@@ -205,15 +217,16 @@ FROM orders
 """
 
 
-def latency(b: Bench) -> Result:
+def latency(b: Bench, orders_per_second: float) -> Result:
     """Produce at a steady rate into a fresh topic already consumed by the pipeline; produce-to-row latency."""
     s = b.sizes
-    total = int(s.latency_rate * s.latency_seconds)
+    total = int(orders_per_second * s.latency_seconds)
     url = b.infra.new_database("latency")
     group = f"bench-latency-{uuid.uuid4().hex[:6]}"
-    env = b.infra.env(KAFKA_TOPIC=LATENCY_TOPIC, KAFKA_DLQ_TOPIC=f"{LATENCY_TOPIC}.dlq", DATABASE_URL=url,
+    topic = f"{LATENCY_TOPIC}-{orders_per_second:g}"
+    env = b.infra.env(KAFKA_TOPIC=topic, KAFKA_DLQ_TOPIC=f"{topic}.dlq", DATABASE_URL=url,
                       CONSUMER_GROUP_ID=group, **dict(s.consumer_env))
-    ensure_topics(b.infra.settings(KAFKA_TOPIC=LATENCY_TOPIC, KAFKA_DLQ_TOPIC=f"{LATENCY_TOPIC}.dlq"))
+    ensure_topics(b.infra.settings(KAFKA_TOPIC=topic, KAFKA_DLQ_TOPIC=f"{topic}.dlq"))
     OrderStore(url, "bench").migrate()
     consumers = [b.infra.spawn(s.consumer_module, env, f"latency-consumer-{i + 1}")
                  for i in range(s.latency_consumers)]
@@ -222,10 +235,10 @@ def latency(b: Bench) -> Result:
     for i, proc in enumerate(consumers):
         cpu.add(f"consumer_{i + 1}", proc.pid)
     cpu.start()
-    producer = b.infra.spawn("pipeline.producer", {**env, "PRODUCER_RATE": f"{s.latency_rate:g}",
+    producer = b.infra.spawn("pipeline.producer", {**env, "PRODUCER_RATE": f"{orders_per_second:g}",
                                                    "PRODUCER_MAX_ORDERS": str(total)}, "latency-producer")
     cpu.add("producer", producer.pid)
-    task = b.task(f"latency: {s.latency_rate:g} orders/s for {s.latency_seconds:g}s", total)
+    task = b.task(f"latency: {orders_per_second:g} orders/s for {s.latency_seconds:g}s", total)
     counter = RowCounter(url)
 
     def rows() -> int:
@@ -249,9 +262,10 @@ def latency(b: Bench) -> Result:
         count, (p50, p95, p99), worst, mean, produce_span = cur.fetchone()  # type: ignore[misc]
         cur.execute("SELECT extract(epoch FROM processed_at - created_at)::float8 FROM orders "
                     "ORDER BY created_at")
-        b.latencies_ms = [1000 * v for (v,) in cur.fetchall()]
+        if not b.latencies_ms:  # the chart shows the first rate's distribution
+            b.latencies_ms = [1000 * v for (v,) in cur.fetchall()]
     conn.close()
-    return {"orders": int(count), "target_rate": s.latency_rate, "seconds": s.latency_seconds,
+    return {"orders": int(count), "target_rate": orders_per_second, "seconds": s.latency_seconds,
             "achieved_rate": rate(int(count), float(produce_span)), "consumers": s.latency_consumers,
             "group_settle_seconds": round(settle, 2),
             "p50_ms": round(1000 * p50, 2), "p95_ms": round(1000 * p95, 2), "p99_ms": round(1000 * p99, 2),

@@ -11,8 +11,8 @@ from bench.harness import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-PHASES = ("ceiling_consume", "ceiling_postgres", "ceiling_produce", "producer", "baseline",
-          "pipeline_1", "pipeline_2", "pipeline_3", "latency")
+PHASES = ("ceiling_consume", "ceiling_postgres", "ceiling_produce", "producer", "producer_2", "baseline",
+          "pipeline_1", "pipeline_2", "pipeline_3", "latency", "latency_2000")
 
 
 @pytest.mark.timeout(300)
@@ -25,17 +25,24 @@ def test_bench_smoke_writes_every_phase(tmp_path: Path) -> None:
     phases = results["phases"]
     for name in PHASES:
         assert name in phases, name
-        if name != "latency":
+        if not name.startswith("latency"):
             assert phases[name]["rate"] > 0, name
     assert phases["ceiling_postgres"]["store_write"]["rate"] > 0
+    assert set(phases["ceiling_postgres"]["rate_by_connections"]) == {"1", "2", "3"}
+    assert phases["ceiling_postgres"]["rate"] == max(phases["ceiling_postgres"]["rate_by_connections"].values())
     for name in ("pipeline_1", "pipeline_2", "pipeline_3"):
         assert phases[name]["orders"] == results["sizes"]["orders"], name
         assert phases[name]["exit_codes"] == [0] * phases[name]["processes"], name
-    lat = phases["latency"]
-    assert lat["orders"] > 0
-    assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    for name, rate in (("latency", 200), ("latency_2000", 2000)):
+        lat = phases[name]
+        assert lat["target_rate"] == rate and lat["orders"] == rate * 5
+        assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    assert 20 < results["ratios"]["consumer_rss_max_mb"] < 1000
+    assert [phases[k]["in_topic"] for k in ("producer", "producer_2")] == [results["sizes"]["orders"]] * 2
+    assert phases["producer_2"]["processes"] == 2
+    assert results["ratios"]["latency_high_p99_ms"] == phases["latency_2000"]["p99_ms"]
     for key in ("pipeline_1_vs_ceiling", "pipeline_best_vs_ceiling", "pipeline_best_vs_baseline",
-                "producer_vs_raw_produce"):
+                "producer_vs_raw_produce", "producers_2_vs_raw_produce"):
         assert results["ratios"][key] > 0, key
     for key in ("cpu_model", "logical_cpus", "ram_gib", "kernel", "python", "kafka", "postgresql"):
         assert results["machine"][key], key
