@@ -62,7 +62,8 @@ class BenchInfra:
             "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT", "KAFKA_SASL_MECHANISM": "", "KAFKA_SASL_USERNAME": "",
             "KAFKA_SASL_PASSWORD": "", "KAFKA_SSL_CA_LOCATION": "", "PRODUCER_RATE": "0",
             "PRODUCER_MAX_ORDERS": "0", "PRODUCER_SEED": "", "CONSUMER_BATCH_SIZE": "",
-            "CONSUMER_BATCH_TIMEOUT_MS": "", "CONSUMER_SESSION_TIMEOUT_MS": "", "CONSUMER_INSTANCE_ID": "",
+            "CONSUMER_BATCH_TIMEOUT_MS": "", "CONSUMER_COMMIT_INTERVAL_MS": "", "CONSUMER_SESSION_TIMEOUT_MS": "",
+            "CONSUMER_INSTANCE_ID": "",
             "LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1",
             # Metrics on, as supervisord runs the programs (one directory for the whole run).
             "METRICS_ENABLED": "true", "PROMETHEUS_MULTIPROC_DIR": str(self.root / "metrics"),

@@ -20,13 +20,17 @@ from pipeline.offsets import TP, OffsetTracker
 
 @dataclass(frozen=True, slots=True)
 class CommitPolicy:
-    """When offsets are sent: unconfirmed ones again at most every `resend_every` seconds while idle."""
+    """When offsets are sent: after a batch, unless offsets went out less than `every` seconds ago (then
+    the next batch, or the idle loop, sends them); unconfirmed ones again at most every `resend_every`
+    seconds while idle. At low rates batches are a few orders each, and an offset commit per batch
+    costs the broker more than the orders themselves."""
 
     resend_every: float = 1.0
+    every: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.resend_every > 0:
-            raise ValueError(f"resend_every must be > 0, got {self.resend_every}")
+        if not self.resend_every > 0 or not 0 <= self.every <= self.resend_every:
+            raise ValueError(f"need resend_every > 0 and 0 <= every <= resend_every, got {self}")
 
 
 class OffsetCommitter(Protocol):
@@ -49,11 +53,13 @@ class Commits:
         self._policy = policy
         self._clock = clock
         self._last_try = float("-inf")
+        self._tried: dict[TP, int] = {}  # the offsets of the last try
 
     def batch_done(self, next_offsets: dict[TP, int]) -> None:
         """A batch is written and dead-lettered: its offsets are committed (asynchronously)."""
         self.offsets.processed(next_offsets)
-        self.send()
+        if self._clock() - self._last_try >= self._policy.every:
+            self.send()
 
     def send(self) -> None:
         """Send the offsets of everything written and dead-lettered; confirmations come in `answered`."""
@@ -61,15 +67,22 @@ class Commits:
         if not offsets:
             return
         self._last_try = self._clock()
+        self._tried = offsets
         try:
             self._committer.commit_async(offsets)
         except CommitNotSent as e:  # e.g. no coordinator right now: the idle loop tries again
             logger.info("offset commit not sent ({}); retried shortly", e)
 
     def resend_if_due(self) -> None:
-        """Offsets not yet confirmed, sent again while no new batch comes (at most once per policy period)."""
-        if self._clock() - self._last_try >= self._policy.resend_every:
+        """Offsets not yet sent or not yet confirmed, sent while no new batch comes: at most once per
+        `resend_every`, and no later than `every` after a batch left them waiting."""
+        since = self._clock() - self._last_try
+        if since >= self._policy.resend_every or (since >= self._policy.every and self._waiting()):
             self.send()
+
+    def _waiting(self) -> bool:
+        """Done offsets not tried yet (rather than tried and unconfirmed: those wait for `resend_every`)."""
+        return any(self._tried.get(tp) != o for tp, o in self.offsets.to_commit().items())
 
     def answered(self, stored: dict[TP, int], refusal: str | None) -> None:
         """The broker's answer to an asynchronous commit."""

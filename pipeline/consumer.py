@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from loguru import logger
 
 from pipeline import runtime
+from pipeline.commits import CommitPolicy
 from pipeline.consumer_loop import ConsumerLoop, LoopPolicy, RebalanceListener
 from pipeline.dlq import DeadLetterQueue
 from pipeline.errors import CommitNotSent, FatalError
@@ -40,6 +41,12 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, str | int |
         "heartbeat.interval.ms": 500,
         # Partitions added to the topic trigger a rebalance within seconds, not librdkafka's 5 minutes.
         "topic.metadata.refresh.interval.ms": 5_000,
+        # Prefetch a few batches, not librdkafka's 100,000 messages per partition (up to 64 MB):
+        # enough to keep the loop fed, and the process stays well under 100 MB.
+        "queued.min.messages": 20_000,
+        "queued.max.messages.kbytes": 4_096,
+        # ...and fetch again soon once the loop has taken some (librdkafka waits a whole second).
+        "fetch.queue.backoff.ms": 20,
     }
     if settings.consumer_instance_id:
         # Static membership: a restart within session.timeout.ms gets the same partitions, no rebalance.
@@ -184,7 +191,7 @@ def main() -> int:
         # The Kafka clients are made only now that the broker has answered: librdkafka reads the CA file
         # once, so one made while TLS failed (a CA being replaced) would keep failing for good.
         loop = ConsumerLoop(KafkaConsumer(settings, client_id), store, DeadLetterQueue(settings, client_id), policy,
-                            metrics=metrics)
+                            CommitPolicy(every=settings.consumer_commit_interval_ms / 1000), metrics=metrics)
         loop.stopping = stop_requested
         loop.run()
     except FatalError as e:

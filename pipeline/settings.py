@@ -52,6 +52,7 @@ class Settings:
     producer_seed: int | None = None
     consumer_batch_size: int = 5_000
     consumer_batch_timeout_ms: int = 200
+    consumer_commit_interval_ms: int = 200
     consumer_session_timeout_ms: int = 10_000
     consumer_instance_id: str | None = None
     log_level: str = "INFO"
@@ -156,6 +157,9 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         consumer_batch_size=get("CONSUMER_BATCH_SIZE", _int_range(1, 100_000), d.consumer_batch_size),
         consumer_batch_timeout_ms=get(
             "CONSUMER_BATCH_TIMEOUT_MS", _int_range(1, 60_000), d.consumer_batch_timeout_ms
+        ),
+        consumer_commit_interval_ms=get(
+            "CONSUMER_COMMIT_INTERVAL_MS", _int_range(0, 1_000), d.consumer_commit_interval_ms
         ),
         consumer_session_timeout_ms=get(
             "CONSUMER_SESSION_TIMEOUT_MS", _int_range(6_000, 300_000), d.consumer_session_timeout_ms

@@ -194,10 +194,10 @@ class FakeStore:
         self.refuse: set[str] = set()
         self.closed = False
 
-    def encode(self, rows: Sequence[OrderRow]) -> str:
-        return ",".join(r.order.order_id for r in rows)
+    def encode(self, rows: Sequence[OrderRow]) -> bytes:
+        return ",".join(r.order.order_id for r in rows).encode()
 
-    def write(self, rows: Sequence[OrderRow], encoded: str | None = None) -> WriteResult:
+    def write(self, rows: Sequence[OrderRow], encoded: bytes | None = None) -> WriteResult:
         if encoded is not None:
             assert encoded == self.encode(rows), "an encoding made for other rows"
             self.broker.journal.append("(encoded ahead)")
@@ -257,14 +257,15 @@ class World:
         self.store = FakeStore(self.broker)
         self.start()
 
-    def start(self, batch_size: int = 10) -> None:
+    def start(self, batch_size: int = 10, commit_every: float = 0.0) -> None:
         """A new process: fresh client, loop and DLQ producer; the same broker and database."""
         self.writer = SteppedWriter() if self.read_ahead else None
         self.kafka = FakeKafka(self.broker, self.clock, self.writer)
         self.dlq = FakeDlq(self.broker)
         self.loop = ConsumerLoop(self.kafka, self.store, self.dlq,
                                  LoopPolicy(batch_size, 0.1, read_ahead=self.read_ahead),
-                                 CommitPolicy(resend_every=1.0), self.clock, self._fault, writer=self.writer)
+                                 CommitPolicy(resend_every=1.0, every=commit_every), self.clock, self._fault,
+                                 writer=self.writer)
         self.kafka.subscribe(self.loop)
 
     def _fault(self, point: str) -> None:

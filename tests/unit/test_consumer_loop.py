@@ -231,6 +231,23 @@ def test_stats_are_logged_every_ten_seconds(world: World, log: list[str]) -> Non
     assert "INFO batches 1, orders inserted 2, redelivered 0, dead-lettered 0" in log
 
 
+def test_at_low_rates_offsets_go_out_at_most_once_per_commit_interval_and_none_is_left_behind(
+        world: World) -> None:
+    world.start(batch_size=10, commit_every=0.2)
+    world.kafka.assign(P0, P1, P2)
+    for _ in range(5):  # five one-order batches within 0.2 s
+        world.produce(P0)
+        world.steps(1)
+        world.clock.now += 0.01
+    commits = [line for line in world.broker.journal if line.startswith("commit")]
+    assert commits == [f"commit {[(P0, 1)]}"], "one commit for the first batch, the rest wait"
+    world.steps(1)  # idle: nothing sent yet, the interval has not passed
+    world.clock.now += 0.2
+    world.steps(2)  # idle after the interval: what waited goes out, and is confirmed
+    assert world.broker.committed == {P0: 5}
+    assert [line for line in world.broker.journal if line.startswith("commit")][1:] == [f"commit {[(P0, 5)]}"]
+
+
 # -- read-ahead: the next batch is consumed while PostgreSQL writes this one -------------------------
 
 
@@ -296,3 +313,5 @@ def test_policies_check_themselves() -> None:
         LoopPolicy(10, 0.1, backoff_start=2, backoff_max=1)
     with pytest.raises(ValueError):
         CommitPolicy(resend_every=0)
+    with pytest.raises(ValueError):
+        CommitPolicy(resend_every=1.0, every=2.0)

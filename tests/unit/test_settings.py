@@ -44,6 +44,7 @@ def test_values_are_parsed_and_typed() -> None:
     ("DATABASE_URL", "mysql://x@y/z"),
     ("KAFKA_SECURITY_PROTOCOL", "TLS"),
     ("CONSUMER_SESSION_TIMEOUT_MS", "100"),
+    ("CONSUMER_COMMIT_INTERVAL_MS", "5000"),
     ("METRICS_ENABLED", "maybe"),
     ("METRICS_PORT", "99999"),
     ("METRICS_ADDRESS", "localhost:9"),
