@@ -115,7 +115,7 @@ def ceiling_consume(b: Bench) -> Result:
 PG_CONNECTIONS = (1, 2, 3)  # the PostgreSQL ceiling is the best of these (it is not always 1)
 
 
-def _copy_insert(b: Bench, chunks: list[str], n: int, connections: int) -> tuple[float, float, dict[str, float]]:
+def _copy_insert(b: Bench, chunks: list[bytes], n: int, connections: int) -> tuple[float, float, dict[str, float]]:
     """COPY + INSERT of every chunk on `connections` connections at once: (rate, seconds, cpu_s)."""
     url = b.infra.new_database(f"ceiling{connections}")
     OrderStore(url, "bench").migrate()
@@ -126,13 +126,13 @@ def _copy_insert(b: Bench, chunks: list[str], n: int, connections: int) -> tuple
         conn.commit()
     task = b.task(f"ceiling: PostgreSQL COPY + INSERT x{connections}", n)
     inserted = [0] * connections
-    per_chunk = chunks[0].count("\n")
+    per_chunk = chunks[0].count(b"\n")
 
     def load(k: int) -> None:  # psycopg2 releases the GIL while the server works
         conn = conns[k]
         with conn.cursor() as cur:
             for i in range(k, len(chunks), connections):
-                cur.copy_expert(f"COPY orders_staging ({COLUMNS}) FROM STDIN", io.StringIO(chunks[i]), COPY_CHUNK)
+                cur.copy_expert(f"COPY orders_staging ({COLUMNS}) FROM STDIN", io.BytesIO(chunks[i]), COPY_CHUNK)
                 cur.execute(INSERT_SQL)
                 inserted[k] += (cur.fetchone() or (0,))[0]
                 conn.commit()
@@ -166,7 +166,7 @@ def ceiling_postgres(b: Bench) -> Result:
         assert isinstance(order, Order)
         rows.append(OrderRow(order, partition, offset))
     formatter = OrderStore("postgresql://unused@localhost/unused", "bench-pg-ceiling")
-    chunks = ["".join(formatter.copy_line(r) for r in rows[i:i + batch]) for i in range(0, len(rows), batch)]
+    chunks = [formatter.encode(rows[i:i + batch]) for i in range(0, len(rows), batch)]
     n = len(rows)
     runs = {k: _copy_insert(b, chunks, n, k) for k in PG_CONNECTIONS}
     best = max(runs, key=lambda k: runs[k][0])
@@ -189,7 +189,7 @@ def ceiling_postgres(b: Bench) -> Result:
     b.progress.update(task2, completed=n)
     return {"rows": n, "batch": batch, "seconds": round(seconds, 3), "rate": rate(n, seconds), "cpu_s": cpu_s,
             "connections": best, "rate_by_connections": {str(k): v[0] for k, v in runs.items()},
-            "method": "raw COPY of pre-formatted text (OrderStore.copy_line, built before the clock) into "
+            "method": "raw COPY of pre-formatted text (OrderStore.encode, built before the clock) into "
                       "orders_staging + pipeline.store.INSERT_SQL (ON CONFLICT DO NOTHING + customer_stats), "
                       f"one transaction per batch, on {', '.join(map(str, PG_CONNECTIONS))} connections (each "
                       "a thread taking every k-th batch, into a fresh database); the best is the ceiling",

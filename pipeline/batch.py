@@ -73,7 +73,7 @@ class Batch:
     messages: list[KafkaRecord] = field(default_factory=list)
     # The rows in the store's wire form, made while the previous batch was being written (None: the
     # store encodes them itself). A batch changed by a rebalance is decoded anew, without it.
-    encoded: str | None = None
+    encoded: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.messages)

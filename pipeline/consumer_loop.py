@@ -66,9 +66,9 @@ class KafkaSource(OffsetCommitter, Protocol):
 class OrderSink(Protocol):
     """Where valid orders go (`OrderStore`)."""
 
-    def encode(self, rows: Sequence[OrderRow]) -> str:
+    def encode(self, rows: Sequence[OrderRow]) -> bytes:
         """The rows in the sink's wire form, for `write` (pure CPU, no I/O)."""
-    def write(self, rows: Sequence[OrderRow], encoded: str | None = None) -> WriteResult:
+    def write(self, rows: Sequence[OrderRow], encoded: bytes | None = None) -> WriteResult:
         """One transaction; raises DatabaseUnavailable (a RetryableError) when nothing was committed."""
     def close(self) -> None: ...
 

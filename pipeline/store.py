@@ -131,12 +131,12 @@ class OrderStore:
                 raise FatalError(f"PostgreSQL refused this client (DATABASE_URL in the env file): {reason}") from e
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {reason}") from e
 
-    def encode(self, rows: Sequence[OrderRow]) -> str:
-        """The rows as the COPY text `write` sends (pure CPU: the loop encodes the next batch while
-        PostgreSQL works on this one)."""
-        return "".join([self.copy_line(r) for r in rows])
+    def encode(self, rows: Sequence[OrderRow]) -> bytes:
+        """The rows as the COPY data `write` sends, UTF-8 (pure CPU: the loop encodes the next batch
+        while PostgreSQL works on this one)."""
+        return "".join([self.copy_line(r) for r in rows]).encode()
 
-    def write(self, rows: Sequence[OrderRow], encoded: str | None = None) -> WriteResult:
+    def write(self, rows: Sequence[OrderRow], encoded: bytes | None = None) -> WriteResult:
         """Store a batch in one transaction (`encoded`: `encode(rows)`, if already made). Raises
         DatabaseUnavailable (nothing was committed)."""
         if not rows:
@@ -159,8 +159,9 @@ class OrderStore:
             raise _translate(e) from e
 
     def _write_rows(self, cur: psycopg2.extensions.cursor, rows: Sequence[OrderRow],
-                    encoded: str | None = None) -> WriteResult:
-        buf = io.StringIO(self.encode(rows) if encoded is None else encoded)
+                    encoded: bytes | None = None) -> WriteResult:
+        # Bytes (shared by BytesIO, not copied), not a StringIO: that holds 4 bytes per character.
+        buf = io.BytesIO(self.encode(rows) if encoded is None else encoded)
         cur.copy_expert(f"COPY orders_staging ({COLUMNS}) FROM STDIN", buf, COPY_CHUNK)
         cur.execute(INSERT_SQL)
         inserted: int = cur.fetchone()[0]  # type: ignore[index]
