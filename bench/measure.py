@@ -210,7 +210,9 @@ def wait_for(done: Callable[[], int], target: int, timeout: float, tick: Callabl
 
 
 def wait_group_stable(bootstrap: str, group: str, partitions: int, timeout: float = 60.0) -> float:
-    """Wait until the consumer group is Stable with every partition assigned; returns seconds waited."""
+    """Wait until the consumer group is Stable with every partition assigned; returns seconds waited. A
+    description that times out is asked again (a fresh broker's coordinator may still be loading
+    `__consumer_offsets`)."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -219,7 +221,7 @@ def wait_group_stable(bootstrap: str, group: str, partitions: int, timeout: floa
             assigned = sum(len(m.assignment.topic_partitions) for m in desc.members)
             if desc.state == ConsumerGroupState.STABLE and assigned >= partitions:
                 return time.monotonic() - started
-        except KafkaException:
+        except (KafkaException, TimeoutError):
             pass
         time.sleep(0.2)
     raise RuntimeError(f"consumer group {group} not stable with {partitions} partitions after {timeout:.0f}s")

@@ -168,19 +168,6 @@ def exactly_once(url: str, in_topic: int, expected: int) -> dict[str, Any]:
             "exactly_once": int(rows) == int(distinct) == in_topic == expected}
 
 
-def _wait_stable(bootstrap: str, group: str, timeout: float = 90.0) -> float:
-    """`wait_group_stable`, patient with a fresh broker: its first group description can time out while the
-    coordinator is still loading `__consumer_offsets`."""
-    started = time.monotonic()
-    while True:
-        try:
-            wait_group_stable(bootstrap, group, PARTITIONS, timeout)
-            return time.monotonic() - started
-        except TimeoutError:
-            if time.monotonic() - started > timeout:
-                raise
-
-
 def measure_max(b: Bench) -> dict[str, Any]:
     """The 1-consumer maximum: fill the orders topic, drain it with one consumer (as the harness does)."""
     producer = phases.pipeline_producer(b)
@@ -201,7 +188,7 @@ def soak(b: Bench, rate: float, seconds: float) -> dict[str, Any]:
     ensure_topics(infra.settings(KAFKA_TOPIC=TOPIC, KAFKA_DLQ_TOPIC=f"{TOPIC}.dlq", KAFKA_PARTITIONS=str(PARTITIONS)))
     OrderStore(url, "bench").migrate()
     consumer = infra.spawn(b.sizes.consumer_module, env, "soak-consumer")
-    settle = _wait_stable(infra.bootstrap_servers, group)
+    settle = wait_group_stable(infra.bootstrap_servers, group, PARTITIONS, 90.0)
     cpu = CpuMeter(b.server_pids())
     cpu.add("consumer_1", consumer.pid)
     cpu.start()
