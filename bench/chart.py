@@ -18,6 +18,8 @@ def draw(results: dict[str, Any], latencies_ms: list[float], path: Path) -> None
         ("ceiling: PostgreSQL COPY", phases["ceiling_postgres"]["rate"], "#9e9e9e"),
         ("ceiling: Kafka produce", phases["ceiling_produce"]["rate"], "#9e9e9e"),
         ("pipeline producer", phases["producer"]["rate"], "#1f77b4"),
+        *([("pipeline producer, 2 processes", phases["producer_2"]["rate"], "#1f77b4")]
+          if "producer_2" in phases else []),
         ("baseline (per message)", phases["baseline"]["rate"], "#d62728"),
     ]
     for key, value in phases.items():
@@ -33,11 +35,13 @@ def draw(results: dict[str, Any], latencies_ms: list[float], path: Path) -> None
         left.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
     left.set_xlim(right=max(values) * 4)
     ratios = results.get("ratios", {})
-    if ratios.get("ceiling_rate"):
-        target = 0.6 * ratios["ceiling_rate"]
+    targets = ratios.get("targets", {})
+    if ratios.get("ceiling_rate") and "pipeline_1_vs_ceiling" in targets:
+        share = targets["pipeline_1_vs_ceiling"]
+        target = share * ratios["ceiling_rate"]
         left.axvline(target, color="#2ca02c", linestyle="--", linewidth=1)
-        left.text(target, len(values) - 0.45, f" target 0.6 x ceiling = {target:,.0f}/s", fontsize=7,
-                  color="#2ca02c")
+        left.text(target, len(values) - 0.45, f" target for 1 consumer: {share:g} x ceiling = {target:,.0f}/s",
+                  fontsize=7, color="#2ca02c")
     left.set_title("Throughput vs this machine's ceilings")
 
     lat = phases["latency"]
@@ -47,7 +51,9 @@ def draw(results: dict[str, Any], latencies_ms: list[float], path: Path) -> None
         right.plot(ordered, [100 * (i + 1) / n for i in range(n)], color="#1f77b4")
     for q, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-.")):
         right.axvline(lat[q], color="#555555", linestyle=style, label=f"{q[:3]} {lat[q]:.0f} ms")
-    right.axvline(100, color="#d62728", linewidth=1, label="target p99 100 ms")
+    p99_target = targets.get("latency_p99_ms")
+    if p99_target:
+        right.axvline(p99_target, color="#d62728", linewidth=1, label=f"target p99 {p99_target:g} ms")
     right.set_xlabel("produce-to-row latency (ms)")
     right.set_ylabel("% of orders")
     right.set_title(f"Latency at {lat['target_rate']:g} orders/s, {lat['consumers']} consumer(s)")

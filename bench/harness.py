@@ -1,6 +1,6 @@
 """Benchmark harness: throughput and latency of the pipeline against this machine's own ceilings, in one run.
 
-`python -m bench [--smoke]` (the lead wires it as `bin/pipeline bench`). Starts private ZooKeeper, Kafka and
+`bin/pipeline bench [--smoke]` (or `python -m bench`). Starts private ZooKeeper, Kafka and
 PostgreSQL (never a local pipeline's), measures, prints a table, and writes
 `bench/results/<YYYY-MM-DD>-<hostname>.json` + `.png` (smoke runs: `smoke-*`, gitignored).
 """
