@@ -5,6 +5,7 @@ generation waits while too many orders are undelivered."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,9 +36,10 @@ class FakeKafka:
     `background=k`, every k-th produce() call first delivers the oldest queued message, as the
     client's own threads do between two calls (so a full queue can have room again at the next call)."""
 
-    def __init__(self, capacity: int = 1_000_000, background: int = 0) -> None:
+    def __init__(self, capacity: int = 1_000_000, background: int = 0, real_time: bool = False) -> None:
         self.capacity = capacity
         self.background = background
+        self.real_time = real_time  # poll() waits its timeout, as the client does when nothing comes
         self.calls = 0
         self.queue: list[tuple[bytes, bytes, Callback]] = []
         self.delivered: list[tuple[bytes, bytes]] = []
@@ -73,6 +75,8 @@ class FakeKafka:
 
     def poll(self, timeout: float) -> int:
         self.polls += 1
+        if self.real_time:
+            time.sleep(timeout)
         self.on_poll()
         if self.fail_queued is not None:
             queued, self.queue = self.queue, []
@@ -241,3 +245,16 @@ def test_a_fatal_delivery_report_stops_the_producer() -> None:
     fake.at[10] = fail_fatally
     with pytest.raises(FatalError):
         producer.run()
+
+
+def test_at_a_fixed_rate_the_producer_wakes_per_tick_not_per_order() -> None:
+    fake = FakeKafka(real_time=True)
+    settings = Settings(kafka_topic="orders", producer_rate=20_000, producer_max_orders=2_000, producer_seed=7)
+    producer = OrderProducer(settings, "test", kafka=fake)
+    started = time.monotonic()
+    assert producer.run() == 0
+    elapsed = time.monotonic() - started
+    assert len(fake.delivered) == 2_000
+    assert elapsed >= 0.09, "the rate is kept: 2,000 orders at 20,000/s take 0.1 s"
+    # 0.1 s in 5 ms ticks: about 20 wake-ups (and the final flush), not one per order.
+    assert fake.polls < 100, f"{fake.polls} polls for 2,000 orders"
