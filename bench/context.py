@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from rich.progress import Progress, TaskID
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from bench.infra import BenchInfra
+from bench.infra import REPO, BenchInfra
 from pipeline.mockdata import OrderGenerator, new_order_id
 from pipeline.settings import Settings
 
@@ -22,6 +25,7 @@ SEED = 20_260_101
 RAW_PRODUCE_RUNS = 3
 
 Result = dict[str, Any]
+RESULTS = REPO / "bench" / "results"
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,17 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise SystemExit(f"--consumer-env: expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def result_paths(out: Path | None, kind: str, smoke: bool, day: str) -> tuple[Path, Path]:
+    """Where a run writes its JSON and PNG: `[smoke-][<kind>-]<date>-<hostname>` in `out` or bench/results."""
+    directory = out or RESULTS
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{'smoke-' if smoke else ''}{kind + '-' if kind else ''}{day}-{socket.gethostname()}"
+    return directory / f"{stem}.json", directory / f"{stem}.png"
+
+
+def progress_bars(console: Console) -> Progress:
+    """The progress display every kind of run shows, one bar per phase."""
+    return Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)

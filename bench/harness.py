@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
 import traceback
@@ -20,16 +19,14 @@ from typing import Any
 
 from loguru import logger
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bench import ceilings, chart, phases, scaling, soak, sysinfo
-from bench.context import PRODUCERS_TOPIC, Bench, Sizes, key_value
-from bench.infra import REPO, private_infra
+from bench.context import PRODUCERS_TOPIC, Bench, Sizes, key_value, progress_bars, result_paths
+from bench.infra import private_infra
 from bench.peers import run as peers
 from bench.peers.install import PeerSetupError
 
-RESULTS = REPO / "bench" / "results"
 TARGETS = {
     "pipeline_1_vs_ceiling": 0.75,
     "pipeline_best_vs_ceiling": 0.9,
@@ -197,13 +194,6 @@ def ratios_table(r: dict[str, Any]) -> Table:
     return t
 
 
-def output_paths(out: Path | None, smoke: bool, day: str) -> tuple[Path, Path]:
-    directory = out or RESULTS
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = f"{'smoke-' if smoke else ''}{day}-{socket.gethostname()}"
-    return directory / f"{stem}.json", directory / f"{stem}.png"
-
-
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     sizes = sizes_from(args)
     mode = "smoke" if args.smoke else "full"
@@ -216,8 +206,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     console.print(f"[bold]food-orders bench[/] ({mode}): starting private ZooKeeper, Kafka, PostgreSQL ...")
     with private_infra(keep_state=args.keep_state) as infra:
         results["machine"] = sysinfo.machine(infra)
-        progress = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=False)
+        progress = progress_bars(console)
         bench = Bench(infra, sizes, progress)
         p: dict[str, Any] = {}
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -246,7 +235,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                                    if v.get("cpu_s", {}).get("foreign_pct", 0) > DISTURBED_PCT
                                    and v["cpu_s"].get("wall_s", 0) >= 1.0}  # sub-second phases are noise
     results["total_seconds"] = round(time.monotonic() - started, 1)
-    json_path, png_path = output_paths(args.out, args.smoke, results["date"])
+    json_path, png_path = result_paths(args.out, "", args.smoke, results["date"])
     results["chart"] = png_path.name
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     chart.draw(results, latencies, png_path)

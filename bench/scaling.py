@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import time
 from datetime import date
 from pathlib import Path
@@ -35,15 +34,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from confluent_kafka import Producer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bench import phases, sysinfo
-from bench.context import Bench, Result, Sizes, generate
-from bench.infra import REPO, private_infra
+from bench.context import Bench, Result, Sizes, generate, progress_bars, result_paths
+from bench.infra import private_infra
 from pipeline.producer import producer_config
 
-RESULTS = REPO / "bench" / "results"
 FULL_ORDERS, SMOKE_ORDERS = 200_000, 2_000
 FULL_PARTITIONS, SMOKE_PARTITIONS = (3, 6, 12), (3, 6)
 FULL_CONSUMERS, SMOKE_CONSUMERS = (1, 2, 3, 4, 5, 6), (1, 2)
@@ -234,8 +231,7 @@ def run(args: argparse.Namespace, console: Console,
     console.print(f"[bold]food-orders bench[/] ({mode}): starting private ZooKeeper, Kafka, PostgreSQL ...")
     with private_infra(keep_state=args.keep_state) as infra:
         results["machine"] = sysinfo.machine(infra)
-        progress = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=False)
+        progress = progress_bars(console)
         b = Bench(infra, sizes, progress)
         messages = generate(orders)
         fills: dict[str, Result] = {}
@@ -253,10 +249,7 @@ def run(args: argparse.Namespace, console: Console,
     results["points"] = points
     results["projection"] = projection(points)
     results["total_seconds"] = round(time.monotonic() - started, 1)
-    directory = args.out or RESULTS
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = f"{'smoke-' if smoke else ''}scaling-{results['date']}-{socket.gethostname()}"
-    json_path, png_path = directory / f"{stem}.json", directory / f"{stem}.png"
+    json_path, png_path = result_paths(args.out, "scaling", smoke, results["date"])
     results["chart"] = png_path.name
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     draw(results, png_path)

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import re
-import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -37,17 +36,15 @@ import psutil
 import psycopg2
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import phases, sysinfo
-from bench.context import Bench, Sizes
-from bench.infra import REPO, private_infra, stop
+from bench.context import Bench, Sizes, progress_bars, result_paths
+from bench.infra import private_infra, stop
 from bench.measure import CpuMeter, RowCounter, wait_group_stable
 from bench.soak_report import chart, minute_rows, soak_table, verdict
 from pipeline.kafka_admin import ensure_topics
 from pipeline.store import OrderStore
 
-RESULTS = REPO / "bench" / "results"
 TOPIC = "bench-soak"
 PARTITIONS = 3
 FULL_MINUTES, SMOKE_MINUTES, SMOKE_RATE = 10.0, 1.0, 500.0
@@ -239,8 +236,7 @@ def run(args: argparse.Namespace, console: Console,
     console.print(f"[bold]food-orders bench[/] ({mode}): starting private ZooKeeper, Kafka, PostgreSQL ...")
     with private_infra(keep_state=args.keep_state) as infra:
         results["machine"] = sysinfo.machine(infra)
-        progress = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=False)
+        progress = progress_bars(console)
         b = Bench(infra, sizes, progress)
         with progress:
             rate = args.soak_rate or (SMOKE_RATE if smoke else None)
@@ -259,10 +255,7 @@ def run(args: argparse.Namespace, console: Console,
         "traceback). Latency per minute: processed_at - created_at of the orders created in that minute. "
         + results["verdict"]["rules"])
     results["total_seconds"] = round(time.monotonic() - started, 1)
-    directory = args.out or RESULTS
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = f"{'smoke-' if smoke else ''}soak-{results['date']}-{socket.gethostname()}"
-    json_path, png_path = directory / f"{stem}.json", directory / f"{stem}.png"
+    json_path, png_path = result_paths(args.out, "soak", smoke, results["date"])
     results["chart"] = png_path.name
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     chart(results, png_path)

@@ -3,22 +3,11 @@ each peer), the rich table, and where the results file goes."""
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from bench.context import Result
-from bench.infra import REPO
-
-RESULTS = REPO / "bench" / "results"
-
-
-def output_path(out: Path | None, smoke: bool, day: str) -> Path:
-    directory = out or RESULTS
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"{'smoke-' if smoke else ''}peers-{day}-{socket.gethostname()}.json"
 
 
 def table_rows(runs: dict[str, Result]) -> list[dict[str, Any]]:

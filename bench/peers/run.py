@@ -31,10 +31,10 @@ from urllib.parse import urlsplit
 
 import psycopg2
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from bench import phases, sysinfo
-from bench.context import ORDERS_TOPIC, Bench, Result, Sizes, key_value, rate
+from bench.context import ORDERS_TOPIC, Bench, Result, Sizes, key_value, progress_bars, rate, result_paths
 from bench.infra import BenchInfra, private_infra, stop
 from bench.measure import CpuMeter, RowCounter, row_span, wait_for
 from bench.peers import install
@@ -42,7 +42,7 @@ from bench.peers.connect import ConnectOptions, start_connect
 from bench.peers.install import ConnectInstall
 from bench.peers.meter import SinkMeter
 from bench.peers.quix import QuixOptions, start_quix
-from bench.peers.report import output_path, peers_table, table_rows
+from bench.peers.report import peers_table, table_rows
 from bench.peers.topics import Expected, expected_of, read_topic, reencode_for_connect
 from bench.peers.watch import RowWatcher, Sighting
 from pipeline.store import OrderStore
@@ -352,15 +352,14 @@ def run_peers(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                   "Kafka, PostgreSQL ...")
     with private_infra(keep_state=plan.keep_state) as infra:
         results["machine"] = sysinfo.machine(infra)
-        progress = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=False)
+        progress = progress_bars(console)
         with progress:
             results.update(drain_all(infra, plan, installed, progress))
     runs = results["runs"]
     results["disturbed_runs"] = {k: v["cpu_s"].get("foreign_pct") for k, v in runs.items()
                                  if v["cpu_s"].get("foreign_pct", 0) > DISTURBED_PCT}
     results["total_seconds"] = round(time.monotonic() - started, 1)
-    path = output_path(plan.out, plan.smoke, results["date"])
+    path, _ = result_paths(plan.out, "peers", plan.smoke, results["date"])
     path.write_text(json.dumps(results, indent=2) + "\n")
     console.print(peers_table(results))
     if results["disturbed_runs"]:
